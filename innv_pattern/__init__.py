@@ -1,0 +1,2 @@
+"""innv_pattern."""
+__version__ = "0.1.0"

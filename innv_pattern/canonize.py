@@ -1,0 +1,323 @@
+"""Rewrites of the flattened graph that never touch the user's model.
+
+A :class:`~innv_pattern.graph.Graph` becomes a list of canonical operations:
+
+* :class:`KernelOp`: the linear part of a kernel layer, ``linear(x, K) + b``
+  (Dense, Conv1D/2D/3D, DepthwiseConv, Conv transpose, each half of a separable
+  convolution), with a BatchNormalization that follows it folded into ``K``
+  and ``b``;
+* :class:`ActivationOp`: an element-wise activation, split off the layer it was
+  fused into;
+* :class:`LayerOp`: any other layer, called as the model calls it.
+
+The model's final softmax is replaced by the identity, so analyses explain the
+pre-softmax output.  Kernels are read from the layer's variables at call time,
+so the rewrite follows later changes of the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import keras
+import tensorflow as tf
+
+from innv_pattern.graph import Graph, Node, fresh_key
+
+__all__ = [
+    "ActivationOp",
+    "CanonicalGraph",
+    "KernelOp",
+    "LayerOp",
+    "Op",
+    "canonize",
+]
+
+_CONV = (
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
+)
+_DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+_SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+_TRANSPOSE = (
+    keras.layers.Conv1DTranspose,
+    keras.layers.Conv2DTranspose,
+    keras.layers.Conv3DTranspose,
+)
+KERNEL_LAYERS = (keras.layers.Dense,) + _CONV + _DEPTHWISE + _SEPARABLE + _TRANSPOSE
+
+
+@dataclasses.dataclass(eq=False)
+class Op:
+    """A canonical operation: reads ``inputs`` keys, writes ``outputs`` keys.
+
+    Attributes:
+        name: Unique name (the layer's name, suffixed where a layer is split).
+        layer: The Keras layer the operation comes from.
+    """
+
+    name: str
+    layer: Any
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+
+    def forward(self, *xs: tf.Tensor) -> list[tf.Tensor]:
+        """The operation's output tensors for the input tensors ``xs``."""
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(eq=False)
+class KernelOp(Op):
+    """``y = linear(x, kernel) + bias``, linear in ``x`` and in ``kernel``.
+
+    Attributes:
+        linear: ``linear(x, kernel)``, the layer's linear map without bias.
+        get_kernel: Returns the (folded) kernel as a tensor.
+        get_bias: Returns the (folded) bias as a tensor, or ``None``.
+        kernel_shape: Static shape of the kernel.
+        channel_axis: Axis of ``y`` that indexes the neurons (output channels).
+    """
+
+    linear: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] = None
+    get_kernel: Callable[[], tf.Tensor] = None
+    get_bias: Callable[[], tf.Tensor | None] = None
+    kernel_shape: tuple[int, ...] = ()
+    channel_axis: int = -1
+
+    def forward(self, *xs: tf.Tensor) -> list[tf.Tensor]:
+        y = self.linear(xs[0], self.get_kernel())
+        bias = self.get_bias()
+        return [y if bias is None else y + self.broadcast_bias(bias)]
+
+    def broadcast_bias(self, bias: tf.Tensor) -> tf.Tensor:
+        """``bias`` shaped to add to this op's output."""
+        if self.channel_axis == -1:
+            return bias
+        return tf.reshape(bias, [-1] + [1] * (-self.channel_axis - 1))
+
+
+@dataclasses.dataclass(eq=False)
+class ActivationOp(Op):
+    """An element-wise activation.
+
+    Attributes:
+        activation: Canonical name: ``relu``, ``linear``, ``softmax``,
+            ``relu6``, ``leaky_relu``, ``sigmoid``, ... or the function's name.
+        fn: The function itself.
+    """
+
+    activation: str = "linear"
+    fn: Callable[[tf.Tensor], tf.Tensor] = None
+
+    def forward(self, *xs: tf.Tensor) -> list[tf.Tensor]:
+        return [self.fn(xs[0])]
+
+
+@dataclasses.dataclass(eq=False)
+class LayerOp(Op):
+    """Any other layer, called exactly as the model calls it."""
+
+    node: Node = None
+
+    def forward(self, *xs: tf.Tensor) -> list[tf.Tensor]:
+        return self.node.run(dict(zip(self.node.inputs, xs)))
+
+
+@dataclasses.dataclass(eq=False)
+class CanonicalGraph:
+    """The canonical operations of a model, in topological order."""
+
+    inputs: list[int]
+    outputs: list[int]
+    ops: list[Op]
+    shapes: dict[int, tuple]
+    dtypes: dict[int, str]
+
+    @property
+    def kernel_ops(self) -> list[KernelOp]:
+        """The kernel operations, whose kernels get patterns."""
+        return [op for op in self.ops if isinstance(op, KernelOp)]
+
+    def run(self, inputs: list[tf.Tensor], call: Callable | None = None,
+            keep: bool = False) -> Any:
+        """Runs the ops; ``call(op, *xs)`` replaces ``op.forward`` if given."""
+        values = dict(zip(self.inputs, inputs))
+        for op in self.ops:
+            xs = [values[k] for k in op.inputs]
+            outs = call(op, *xs) if call is not None else op.forward(*xs)
+            values.update(zip(op.outputs, outs))
+        result = [values[k] for k in self.outputs]
+        return (result, values) if keep else result
+
+
+def canonize(model: keras.Model, strip_softmax: bool = True) -> CanonicalGraph:
+    """The canonical graph of ``model``; the model itself is not modified.
+
+    Args:
+        model: A functional or Sequential Keras 3 model.
+        strip_softmax: Replace a softmax producing a model output by the
+            identity.
+    """
+    graph = Graph.from_model(model)
+    ops: list[Op] = []
+    shapes, dtypes = dict(graph.shapes), dict(graph.dtypes)
+    for node in graph.nodes:
+        ops.extend(_split(node, shapes, dtypes))
+    ops = _fold_batchnorm(ops, graph.outputs, shapes)
+    if strip_softmax:
+        ops = [_strip_softmax(op, graph.outputs) for op in ops]
+    return CanonicalGraph(graph.inputs, graph.outputs, ops, shapes, dtypes)
+
+
+def activation_name(fn: Any) -> str:
+    """Canonical name of a Keras activation function or activation layer."""
+    if isinstance(fn, keras.layers.ReLU):
+        if fn.max_value is None and not fn.negative_slope and not fn.threshold:
+            return "relu"
+        if fn.max_value == 6 and not fn.negative_slope and not fn.threshold:
+            return "relu6"
+        return "relu_custom"
+    if isinstance(fn, keras.layers.LeakyReLU):
+        return "leaky_relu"
+    if isinstance(fn, keras.layers.Softmax):
+        return "softmax"
+    if isinstance(fn, keras.layers.Activation):
+        return activation_name(fn.activation)
+    if fn is None:
+        return "linear"
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def _split(node: Node, shapes: dict, dtypes: dict) -> list[Op]:
+    layer = node.layer
+    act_layers = (keras.layers.Activation, keras.layers.ReLU,
+                  keras.layers.LeakyReLU, keras.layers.Softmax)
+    if isinstance(layer, act_layers) and len(node.inputs) == 1:
+        fn = layer.call if not isinstance(layer, keras.layers.Activation) else layer.activation
+        return [ActivationOp(node.name, layer, node.inputs, node.outputs,
+                             activation=activation_name(layer), fn=fn)]
+    if not isinstance(layer, KERNEL_LAYERS) or len(node.inputs) != 1:
+        return [LayerOp(node.name, layer, node.inputs, node.outputs, node=node)]
+    kernel_ops = _kernel_ops(node)
+    act = getattr(layer, "activation", None)
+    name = activation_name(act)
+    if name == "linear":
+        return kernel_ops
+    # Split the fused activation off: the kernel op writes a fresh tensor.
+    pre = fresh_key()
+    shapes[pre], dtypes[pre] = shapes[node.outputs[0]], dtypes[node.outputs[0]]
+    last = kernel_ops[-1]
+    kernel_ops[-1] = dataclasses.replace(last, outputs=(pre,))
+    return kernel_ops + [ActivationOp(node.name + "/activation", layer, (pre,),
+                                      node.outputs, activation=name, fn=act)]
+
+
+def _channel_axis(layer: Any) -> int:
+    if getattr(layer, "data_format", "channels_last") == "channels_first":
+        return -(len(layer.kernel_size) + 1) if hasattr(layer, "kernel_size") else -1
+    return -1
+
+
+def _kernel_ops(node: Node) -> list[KernelOp]:
+    layer = node.layer
+    bias = (lambda: tf.convert_to_tensor(layer.bias)) if getattr(
+        layer, "use_bias", True) and getattr(layer, "bias", None) is not None else (lambda: None)
+    axis = _channel_axis(layer)
+    common = dict(layer=layer, channel_axis=axis)
+    if isinstance(layer, _SEPARABLE):
+        mid = fresh_key()
+        conv = dict(strides=layer.strides, padding=layer.padding,
+                    data_format=layer.data_format, dilation_rate=layer.dilation_rate)
+        depthwise = KernelOp(
+            layer.name + "/depthwise", inputs=node.inputs, outputs=(mid,),
+            linear=lambda x, k: keras.ops.depthwise_conv(x, k, **conv),
+            get_kernel=lambda: tf.convert_to_tensor(layer.depthwise_kernel),
+            get_bias=lambda: None,
+            kernel_shape=tuple(layer.depthwise_kernel.shape), **common)
+        pointwise = KernelOp(
+            layer.name + "/pointwise", inputs=(mid,), outputs=node.outputs,
+            linear=lambda x, k: keras.ops.conv(x, k, data_format=layer.data_format),
+            get_kernel=lambda: tf.convert_to_tensor(layer.pointwise_kernel),
+            get_bias=bias, kernel_shape=tuple(layer.pointwise_kernel.shape), **common)
+        return [depthwise, pointwise]
+    return [KernelOp(node.name, inputs=node.inputs, outputs=node.outputs,
+                     linear=_linear_fn(layer),
+                     get_kernel=lambda: tf.convert_to_tensor(layer.kernel),
+                     get_bias=bias, kernel_shape=tuple(layer.kernel.shape), **common)]
+
+
+def _linear_fn(layer: Any) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    if isinstance(layer, keras.layers.Dense):
+        return lambda x, k: keras.ops.matmul(x, k)
+    if isinstance(layer, _CONV):
+        return layer.convolution_op
+    conv = dict(strides=layer.strides, padding=layer.padding,
+                data_format=layer.data_format, dilation_rate=layer.dilation_rate)
+    if isinstance(layer, _DEPTHWISE):
+        return lambda x, k: keras.ops.depthwise_conv(x, k, **conv)
+    return lambda x, k: keras.ops.conv_transpose(
+        x, k, output_padding=layer.output_padding, **conv)
+
+
+def _fold_batchnorm(ops: list[Op], outputs: list[int], shapes: dict) -> list[Op]:
+    """Folds an inference-mode BatchNormalization into the kernel op before it."""
+    readers: dict[int, int] = {}
+    for op in ops:
+        for key in op.inputs:
+            readers[key] = readers.get(key, 0) + 1
+    producer = {op.outputs[0]: op for op in ops if isinstance(op, KernelOp)}
+    result: list[Op] = []
+    for op in ops:
+        prev = producer.get(op.inputs[0]) if op.inputs else None
+        if (isinstance(op.layer, keras.layers.BatchNormalization) and prev is not None
+                and readers[op.inputs[0]] == 1 and op.inputs[0] not in outputs
+                and _bn_axis_matches(op.layer, prev, len(shapes[op.inputs[0]]))):
+            folded = _folded(prev, op)
+            result[result.index(prev)] = folded
+            producer[folded.outputs[0]] = folded
+            continue
+        result.append(op)
+    return result
+
+
+def _bn_axis_matches(bn: Any, kernel_op: KernelOp, rank: int) -> bool:
+    if isinstance(kernel_op.layer, _TRANSPOSE):
+        return False
+    axis = bn.axis if isinstance(bn.axis, int) else (bn.axis[0] if len(bn.axis) == 1 else None)
+    if axis is None:
+        return False
+    return (axis - rank if axis >= 0 else axis) == kernel_op.channel_axis
+
+
+def _folded(kernel_op: KernelOp, bn_op: Op) -> KernelOp:
+    bn = bn_op.layer
+    old_kernel, old_bias = kernel_op.get_kernel, kernel_op.get_bias
+    depthwise = isinstance(kernel_op.layer, _DEPTHWISE) or kernel_op.name.endswith("/depthwise")
+
+    def scale() -> tf.Tensor:
+        gamma = tf.convert_to_tensor(bn.gamma) if bn.scale else 1.0
+        return gamma * tf.math.rsqrt(tf.convert_to_tensor(bn.moving_variance) + bn.epsilon)
+
+    def kernel() -> tf.Tensor:
+        k = old_kernel()
+        s = scale()
+        if depthwise:  # kernel (..., in, multiplier); output channel = in * multiplier
+            s = tf.reshape(s, k.shape[-2:])
+        return k * s
+
+    def bias() -> tf.Tensor:
+        b = old_bias()
+        mean = tf.convert_to_tensor(bn.moving_mean)
+        beta = tf.convert_to_tensor(bn.beta) if bn.center else 0.0
+        return ((b if b is not None else 0.0) - mean) * scale() + beta
+
+    return dataclasses.replace(kernel_op, outputs=bn_op.outputs, get_kernel=kernel,
+                               get_bias=bias, name=kernel_op.name)
+
+
+def _strip_softmax(op: Op, outputs: list[int]) -> Op:
+    if isinstance(op, ActivationOp) and op.activation == "softmax" and op.outputs[0] in outputs:
+        return dataclasses.replace(op, activation="linear", fn=lambda x: x)
+    return op
