@@ -350,3 +350,105 @@ class IntegratedGradients(_Sampling):
     def _postprocess(self, xs: list[tf.Tensor], grads: list[tf.Tensor]) -> list[tf.Tensor]:
         ref = tf.constant(self.reference)
         return [(x - tf.cast(ref, x.dtype)) * g for x, g in zip(xs, grads)]
+
+
+class _PatternAnalyzer(Analyzer):
+    """Shared by PatternNet and PatternAttribution: patterns in, kernels swapped.
+
+    Args:
+        patterns: A mapping from kernel-op name to pattern (an
+            :class:`innv_pattern.Patterns`, or a plain dict of arrays shaped like
+            the kernels), or ``None`` to :meth:`fit` or :meth:`load_patterns`
+            later.
+        pattern_type: ``"relu"`` (the two-component estimator's positive
+            regime, the paper's choice) or ``"linear"``.
+    """
+
+    rule_family = "pattern"
+    start_from_value = True
+    attribution: ClassVar[bool] = False
+
+    def __init__(self, model: keras.Model, neuron_selection_mode: str = "max_activation",
+                 patterns: Mapping[str, Any] | None = None, pattern_type: str = "relu") -> None:
+        if pattern_type not in ("relu", "linear"):
+            raise ValueError(f"pattern_type must be 'relu' or 'linear'; received {pattern_type!r}.")
+        self.pattern_type = pattern_type
+        self.patterns: dict[str, np.ndarray] | None = None
+        self._patterns_source: Any = None
+        super().__init__(model, neuron_selection_mode)
+        if patterns is not None:
+            self.set_patterns(patterns)
+
+    def _options(self) -> dict[str, Any]:
+        return {"patterns": self.patterns, "attribution": self.attribution}
+
+    def set_patterns(self, patterns: Mapping[str, Any]) -> None:
+        """Uses ``patterns`` from now on, after checking them against the model."""
+        kind = getattr(patterns, "pattern_type", self.pattern_type)
+        if kind != self.pattern_type and self.pattern_type not in getattr(patterns, "types", ()):
+            raise ValueError(f"This analyzer uses '{self.pattern_type}' patterns; received "
+                             f"'{kind}' patterns. Fit or load patterns of type '{self.pattern_type}'.")
+        if hasattr(patterns, "for_type") and kind != self.pattern_type:
+            patterns = patterns.for_type(self.pattern_type)
+        problems = []
+        for op in self._graph.kernel_ops:
+            if op.name not in patterns:
+                problems.append(f"'{op.name}' is missing")
+            elif tuple(np.shape(patterns[op.name])) != tuple(op.kernel_shape):
+                problems.append(f"'{op.name}' has shape {np.shape(patterns[op.name])}, "
+                                f"the kernel {tuple(op.kernel_shape)}")
+        if problems:
+            raise ValueError(f"The patterns do not fit model '{self.model.name}': "
+                             + "; ".join(problems) + ".")
+        with self._lock:
+            self._patterns_source = patterns
+            self.patterns = {op.name: np.asarray(patterns[op.name], np.float32)
+                             for op in self._graph.kernel_ops}
+            self._build()
+
+    def fit(self, data: Any, batch_size: int | None = None, steps: int | None = None,
+            verbose: int = 1, strategy: Any = None) -> Any:
+        """Fits the patterns on ``data`` (see :class:`innv_pattern.PatternComputer`)."""
+        from innv_pattern.patterns import PatternComputer
+
+        computer = PatternComputer(self.model, pattern_type=self.pattern_type, strategy=strategy)
+        patterns = computer.compute(data, batch_size=batch_size, steps=steps, verbose=verbose)
+        self.set_patterns(patterns)
+        return patterns
+
+    def save_patterns(self, path: str) -> None:
+        """Saves the patterns in use (fitted or loaded) to an HDF5 file."""
+        if not hasattr(self._patterns_source, "save"):
+            raise ValueError("No fitted or loaded patterns to save: call fit(data) or "
+                             "load_patterns(path) first (plain dicts of arrays cannot be saved).")
+        self._patterns_source.save(path)
+
+    def load_patterns(self, path: str, allow_changed_weights: bool = False) -> None:
+        """Loads patterns from ``path``, checked against this analyzer's model."""
+        from innv_pattern.patterns import Patterns
+
+        self.set_patterns(Patterns.load(path, model=self.model,
+                                        allow_changed_weights=allow_changed_weights))
+
+    def analyze(self, x: Any, neuron_selection: Any = None, batch_size: int | None = None) -> Any:
+        if self.patterns is None:
+            raise ValueError(
+                f"'{self.name}' needs patterns before it can analyze. Fit them with "
+                "analyzer.fit(data), load a file with analyzer.load_patterns(path), or pass "
+                "patterns=ip.PatternComputer(model).compute(data) to create_analyzer.")
+        return super().analyze(x, neuron_selection, batch_size)
+
+
+@register
+class PatternNet(_PatternAnalyzer):
+    """PatternNet: back-projects the signal, with each kernel replaced by its pattern."""
+
+    name = "pattern.net"
+
+
+@register
+class PatternAttribution(_PatternAnalyzer):
+    """PatternAttribution: back-propagation with each kernel replaced by kernel x pattern."""
+
+    name = "pattern.attribution"
+    attribution = True

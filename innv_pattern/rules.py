@@ -116,10 +116,11 @@ class ZRule(Rule):
         super().__init__(op, options)
         self.epsilon = float(options.get("epsilon", 0.0))
 
-    def _stabilize(self, z: tf.Tensor) -> tf.Tensor:
-        sign = tf.where(z >= 0, tf.ones_like(z), -tf.ones_like(z))
-        z = z + sign * self.epsilon
-        return tf.where(z == 0, tf.ones_like(z), z)
+    def _divide(self, g: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
+        """``g / (z + epsilon * sign(z))``, zero where the denominator is zero."""
+        if self.epsilon:
+            z = z + tf.where(z >= 0, self.epsilon, -self.epsilon)
+        return tf.math.divide_no_nan(g, z)
 
     def __call__(self, *xs: tf.Tensor) -> list[tf.Tensor]:
         linear = _affine_and_linear(self.op)
@@ -129,8 +130,7 @@ class ZRule(Rule):
             z = linear[0](*xs)
 
             def grad(g: tf.Tensor, variables: Any = None) -> Any:
-                s = tf.where(z == 0, tf.zeros_like(g), g / self._stabilize(z))
-                grads = _vjp(linear[1], xs, s)
+                grads = _vjp(linear[1], xs, self._divide(g, z))
                 grads = [x * gx for x, gx in zip(xs, grads)]
                 return (grads, [None] * len(variables or [])) if variables else grads
 
@@ -149,8 +149,8 @@ class PatternRule(Rule):
 
     def __init__(self, op: Op, options: Mapping[str, Any]) -> None:
         super().__init__(op, options)
-        patterns = options["patterns"]
-        self.pattern = np.asarray(patterns[op.name])
+        patterns = options.get("patterns")
+        self.pattern = None if patterns is None else np.asarray(patterns[op.name])
         self.attribution = bool(options.get("attribution", False))
 
     def __call__(self, *xs: tf.Tensor) -> list[tf.Tensor]:
