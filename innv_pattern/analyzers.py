@@ -392,17 +392,18 @@ class _PatternAnalyzer(Analyzer):
             patterns = patterns.for_type(self.pattern_type)
         problems = []
         for op in self._graph.kernel_ops:
-            if op.name not in patterns:
-                problems.append(f"'{op.name}' is missing")
-            elif tuple(np.shape(patterns[op.name])) != tuple(op.kernel_shape):
-                problems.append(f"'{op.name}' has shape {np.shape(patterns[op.name])}, "
+            key = op.pattern_key
+            if key not in patterns:
+                problems.append(f"'{key}' is missing")
+            elif tuple(np.shape(patterns[key])) != tuple(op.kernel_shape):
+                problems.append(f"'{key}' has shape {np.shape(patterns[key])}, "
                                 f"the kernel {tuple(op.kernel_shape)}")
         if problems:
             raise ValueError(f"The patterns do not fit model '{self.model.name}': "
                              + "; ".join(problems) + ".")
         with self._lock:
             self._patterns_source = patterns
-            self.patterns = {op.name: np.asarray(patterns[op.name], np.float32)
+            self.patterns = {op.pattern_key: np.asarray(patterns[op.pattern_key], np.float32)
                              for op in self._graph.kernel_ops}
             self._build()
 

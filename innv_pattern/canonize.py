@@ -18,6 +18,7 @@ so the rewrite follows later changes of the weights.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Callable
 
 import keras
@@ -85,6 +86,11 @@ class KernelOp(Op):
     get_bias: Callable[[], tf.Tensor | None] = None
     kernel_shape: tuple[int, ...] = ()
     channel_axis: int = -1
+
+    @property
+    def pattern_key(self) -> str:
+        """The key of this kernel's pattern: shared by every call of a shared layer."""
+        return re.sub(r"@\d+", "", self.name)
 
     def forward(self, *xs: tf.Tensor) -> list[tf.Tensor]:
         y = self.linear(xs[0], self.get_kernel())
@@ -231,13 +237,13 @@ def _kernel_ops(node: Node) -> list[KernelOp]:
         conv = dict(strides=layer.strides, padding=layer.padding,
                     data_format=layer.data_format, dilation_rate=layer.dilation_rate)
         depthwise = KernelOp(
-            layer.name + "/depthwise", inputs=node.inputs, outputs=(mid,),
+            node.name + "/depthwise", inputs=node.inputs, outputs=(mid,),
             linear=lambda x, k: keras.ops.depthwise_conv(x, k, **conv),
             get_kernel=lambda: tf.convert_to_tensor(layer.depthwise_kernel),
             get_bias=lambda: None,
             kernel_shape=tuple(layer.depthwise_kernel.shape), **common)
         pointwise = KernelOp(
-            layer.name + "/pointwise", inputs=(mid,), outputs=node.outputs,
+            node.name + "/pointwise", inputs=(mid,), outputs=node.outputs,
             linear=lambda x, k: keras.ops.conv(x, k, data_format=layer.data_format),
             get_kernel=lambda: tf.convert_to_tensor(layer.pointwise_kernel),
             get_bias=bias, kernel_shape=tuple(layer.pointwise_kernel.shape), **common)

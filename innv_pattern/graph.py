@@ -42,7 +42,8 @@ class Node:
         layer: The called layer or operation.
         inputs: Keys of the tensors the call reads, in call order.
         outputs: Keys of the tensors the call produces.
-        name: A unique, readable name (the layer name, suffixed for reuse).
+        name: A unique, readable name: the layer name, with ``@n`` appended
+            for the n-th further call of a shared layer.
     """
 
     layer: Any
@@ -209,7 +210,7 @@ class _Walker:
         keys = {id(t): self.key(t) for t in in_tensors}
         count = self._uses.get(layer.name, 0)
         self._uses[layer.name] = count + 1
-        name = layer.name if count == 0 else f"{layer.name}_{count}"
+        name = layer.name if count == 0 else f"{layer.name}@{count}"
         self.nodes.append(
             Node(
                 layer=layer,

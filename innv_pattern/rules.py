@@ -150,7 +150,7 @@ class PatternRule(Rule):
     def __init__(self, op: Op, options: Mapping[str, Any]) -> None:
         super().__init__(op, options)
         patterns = options.get("patterns")
-        self.pattern = None if patterns is None else np.asarray(patterns[op.name])
+        self.pattern = None if patterns is None else np.asarray(patterns[op.pattern_key])
         self.attribution = bool(options.get("attribution", False))
 
     def __call__(self, *xs: tf.Tensor) -> list[tf.Tensor]:

@@ -1,0 +1,259 @@
+"""Signal estimators of the paper as mergeable float64 sufficient statistics.
+
+Pure numpy, independent of Keras.  For one kernel layer with kernel ``w``
+(one column ``w_j`` per output neuron ``j``) every sample gives an input
+vector ``x`` (a Dense input, or a convolution patch), the output
+``y_j = w_j^T x`` *without* the bias, and the regime ``y_j + b_j > 0``.
+:class:`PatternStatistics` keeps, per neuron, the count of samples ``n`` and
+of positive-regime samples ``n+``, and the sums of ``x``, ``y`` and ``x y``
+over all samples and over the positive regime (negative-regime sums are the
+totals minus the positive ones).  From these, :meth:`PatternStatistics.finalize`
+computes the patterns:
+
+* ``"linear"`` (Eq. 3): ``a = cov[x, y] / (w^T cov[x, y])``;
+* ``"relu.positive"`` (Eq. 7): ``a+ = (E+[x y] - E+[x] E[y]) /
+  w^T (E+[x y] - E+[x] E[y])``, and ``"relu.negative"`` the same with ``E-``.
+
+``E[y]`` is over all samples.  A neuron whose regime has no sample, or whose
+denominator vanishes (to within :data:`DEGENERATE_RTOL` of
+``sum_f |w_f num_f|``, below which the ratio is rounding noise), is
+*degenerate*: its pattern is all zeros (it then contributes nothing to a
+PatternNet or PatternAttribution backward pass) and it is counted.
+
+Example:
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> y, eps = rng.uniform(-1, 1, 1000), rng.normal(0, 1, 1000)
+    >>> x = np.outer(y, [1.0, 0.0]) + np.outer(eps, [1.0, 1.0])   # Section 2
+    >>> w = np.array([[1.0], [-1.0]])
+    >>> y = x @ w
+    >>> stats = PatternStatistics((2, 1), neuron_axes=(1,), regimes=False)
+    >>> stats.update({"count": len(x), "sum_x": x.sum(0)[:, None],
+    ...               "sum_y": y.sum(0)[None], "sum_xy": x.T @ y})
+    >>> patterns, degenerate = stats.finalize(w, ("linear",))
+    >>> np.allclose(patterns["linear"][:, 0], [1.0, 0.0], atol=0.05)   # a_s, not w
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+__all__ = [
+    "DEGENERATE_RTOL",
+    "PATTERN_TYPES",
+    "PatternStatistics",
+    "expand_pattern_type",
+]
+
+#: Pattern-type names accepted by the computer, and the patterns each yields.
+PATTERN_TYPES: dict[str, tuple[str, ...]] = {
+    "linear": ("linear",),
+    "relu": ("relu.positive", "relu.negative"),
+}
+#: Relative size of ``w^T num`` below which a neuron is degenerate.
+DEGENERATE_RTOL = 1e-6
+
+_NEURON_FIELDS = ("count_pos", "sum_y", "sum_y_pos")
+_KERNEL_FIELDS = ("sum_x_pos", "sum_xy", "sum_xy_pos")
+
+
+def expand_pattern_type(pattern_type: str | Iterable[str]) -> tuple[str, ...]:
+    """The concrete pattern types of ``pattern_type``, the primary one first.
+
+    Example:
+        >>> expand_pattern_type("relu")
+        ('relu.positive', 'relu.negative')
+        >>> expand_pattern_type(("linear", "relu"))
+        ('linear', 'relu.positive', 'relu.negative')
+    """
+    names = (pattern_type,) if isinstance(pattern_type, str) else tuple(pattern_type)
+    unknown = [n for n in names if n not in PATTERN_TYPES]
+    if not names or unknown:
+        raise ValueError(
+            f"Unknown pattern_type {pattern_type!r}. Accepted: one of "
+            f"{sorted(PATTERN_TYPES)} or a tuple of them, such as ('linear', 'relu').")
+    types: list[str] = []
+    for name in names:
+        types.extend(t for t in PATTERN_TYPES[name] if t not in types)
+    return tuple(types)
+
+
+class PatternStatistics:
+    """Sufficient statistics of one kernel layer, accumulated in float64.
+
+    The arrays hold *raw* sums (not centred), so merging is a plain sum; the
+    numerically delicate part, summing float32 values whose mean is far
+    larger than their spread, is taken care of by :meth:`update`, which takes
+    sums around a shift and removes it exactly in float64.
+
+    Args:
+        kernel_shape: Shape of the layer's kernel; patterns have this shape.
+        neuron_axes: Kernel axes that index the output neurons (``(1,)`` for a
+            Dense kernel ``(in, out)``, ``(2, 3)`` for a depthwise kernel
+            ``(kh, kw, in, multiplier)``); the other axes are the fan-in.
+        regimes: Also keep positive-regime sums (needed by ``relu.*``).
+        x_shape: Shape of ``sum_x``, broadcastable to ``kernel_shape``: the
+            sum of the inputs does not depend on the neuron along axes of size
+            1 (for a Dense layer every neuron sees the same ``x``).  Defaults
+            to ``kernel_shape``.
+    """
+
+    def __init__(self, kernel_shape: Iterable[int], neuron_axes: Iterable[int],
+                 regimes: bool = True, x_shape: Iterable[int] | None = None) -> None:
+        self.kernel_shape = tuple(int(d) for d in kernel_shape)
+        rank = len(self.kernel_shape)
+        self.neuron_axes = tuple(sorted(int(a) % rank for a in neuron_axes)) if rank else ()
+        self.regimes = bool(regimes)
+        self.x_shape = self.kernel_shape if x_shape is None else tuple(int(d) for d in x_shape)
+        _check_layout(self.kernel_shape, self.neuron_axes, self.x_shape)
+        self.sums = {name: np.zeros(shape) for name, shape in self.array_shapes().items()}
+
+    @property
+    def neuron_shape(self) -> tuple[int, ...]:
+        """Shape of per-neuron arrays: the kernel shape, 1 on fan-in axes."""
+        return tuple(d if i in self.neuron_axes else 1 for i, d in enumerate(self.kernel_shape))
+
+    @property
+    def fan_in_axes(self) -> tuple[int, ...]:
+        """Kernel axes summed by ``w^T x``."""
+        return tuple(i for i in range(len(self.kernel_shape)) if i not in self.neuron_axes)
+
+    @property
+    def count(self) -> float:
+        """Number of samples ``n`` (the same for every neuron)."""
+        return float(self.sums["count"])
+
+    def array_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Name and shape of every array of the state, for validation."""
+        shapes = {"count": (), "sum_x": self.x_shape, "sum_y": self.neuron_shape,
+                  "sum_xy": self.kernel_shape}
+        if self.regimes:
+            shapes.update(count_pos=self.neuron_shape, sum_y_pos=self.neuron_shape,
+                          sum_x_pos=self.kernel_shape, sum_xy_pos=self.kernel_shape)
+        return shapes
+
+    def config(self) -> dict[str, Any]:
+        """The layout, as JSON-compatible values (see :meth:`from_state`)."""
+        return {"kernel_shape": list(self.kernel_shape), "neuron_axes": list(self.neuron_axes),
+                "regimes": self.regimes, "x_shape": list(self.x_shape)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Layout and sums; :meth:`from_state` rebuilds an equal object."""
+        return {**self.config(), **{k: v.copy() for k, v in self.sums.items()}}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "PatternStatistics":
+        """Rebuilds statistics from :meth:`state_dict` (arrays are checked)."""
+        stats = cls(state["kernel_shape"], state["neuron_axes"], state["regimes"],
+                    state["x_shape"])
+        for name, shape in stats.array_shapes().items():
+            if name not in state:
+                raise ValueError(f"Statistics state lacks '{name}'; expected arrays "
+                                 f"{sorted(stats.array_shapes())}.")
+            value = np.asarray(state[name], dtype=np.float64)
+            if value.shape != shape:
+                raise ValueError(f"Statistics array '{name}' has shape {value.shape}; "
+                                 f"expected {shape} for kernel shape {stats.kernel_shape}.")
+            stats.sums[name] = value.copy()
+        return stats
+
+    def update(self, sums: Mapping[str, Any], x_shift: Any = 0.0, y_shift: Any = 0.0) -> None:
+        """Adds sums taken around a shift, removing the shift in float64.
+
+        Args:
+            sums: One array per name of :meth:`array_shapes`, the sums over
+                some samples of ``x - x_shift``, ``y - y_shift`` and their
+                products (``count`` and ``count_pos`` are plain counts).
+            x_shift: Broadcastable to ``x_shape`` (for example the input mean).
+            y_shift: Broadcastable to :attr:`neuron_shape`; ``w^T x_shift``
+                keeps the shifted ``y`` small, but any value is exact.
+        """
+        s = {name: np.asarray(sums[name], dtype=np.float64) for name in self.array_shapes()}
+        m, c = np.asarray(x_shift, np.float64), np.asarray(y_shift, np.float64)
+        raw = _unshift(s["count"], s["sum_x"], s["sum_y"], s["sum_xy"], m, c)
+        if self.regimes:
+            raw_pos = _unshift(s["count_pos"], s["sum_x_pos"], s["sum_y_pos"], s["sum_xy_pos"],
+                               m, c)
+            raw.update({k + "_pos": v for k, v in raw_pos.items()})
+            raw["count_pos"] = s["count_pos"]
+        raw["count"] = s["count"]
+        for name, shape in self.array_shapes().items():
+            self.sums[name] = self.sums[name] + np.broadcast_to(raw[name], shape)
+
+    def merge(self, other: "PatternStatistics") -> "PatternStatistics":
+        """New statistics of the samples of ``self`` and ``other`` together."""
+        if not isinstance(other, PatternStatistics) or other.config() != self.config():
+            received = other.config() if isinstance(other, PatternStatistics) else type(other)
+            raise ValueError(f"Cannot merge statistics of different layouts: {self.config()} "
+                             f"and {received}.")
+        merged = PatternStatistics(self.kernel_shape, self.neuron_axes, self.regimes, self.x_shape)
+        merged.sums = {k: self.sums[k] + other.sums[k] for k in self.sums}
+        return merged
+
+    def finalize(self, kernel: np.ndarray, types: Iterable[str]
+                 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """The patterns (float64, kernel-shaped) and degenerate-neuron counts.
+
+        Args:
+            kernel: The layer's kernel ``w`` (bias excluded, BatchNorm folded).
+            types: Concrete types: ``"linear"``, ``"relu.positive"``,
+                ``"relu.negative"``.
+        """
+        w = np.asarray(kernel, np.float64)
+        if w.shape != self.kernel_shape:
+            raise ValueError(f"Kernel shape {w.shape} does not match the statistics' "
+                             f"kernel shape {self.kernel_shape}.")
+        patterns, degenerate = {}, {}
+        for kind in types:
+            numerator, count = self._numerator(kind)
+            patterns[kind], degenerate[kind] = _normalize(numerator, count, w, self.fan_in_axes)
+        return patterns, degenerate
+
+    def _numerator(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """``n_r (E_r[x y] - E_r[x] E[y])`` for regime r, and ``n_r``."""
+        s, n = self.sums, self.sums["count"]
+        mean_y = s["sum_y"] / n if n > 0 else np.zeros(self.neuron_shape)
+        sum_x = np.broadcast_to(s["sum_x"], self.kernel_shape)
+        if kind == "linear":
+            return s["sum_xy"] - sum_x * mean_y, np.broadcast_to(n, self.neuron_shape)
+        if kind not in ("relu.positive", "relu.negative") or not self.regimes:
+            accepted = ["linear"] + (["relu.positive", "relu.negative"] if self.regimes else [])
+            raise ValueError(f"Cannot compute pattern type {kind!r} from these statistics; "
+                             f"accepted: {accepted}.")
+        if kind == "relu.positive":
+            return s["sum_xy_pos"] - s["sum_x_pos"] * mean_y, s["count_pos"]
+        return ((s["sum_xy"] - s["sum_xy_pos"]) - (sum_x - s["sum_x_pos"]) * mean_y,
+                n - s["count_pos"])
+
+
+def _check_layout(kernel_shape: tuple[int, ...], neuron_axes: tuple[int, ...],
+                  x_shape: tuple[int, ...]) -> None:
+    if any(d < 0 for d in kernel_shape) or not neuron_axes:
+        raise ValueError(f"Invalid layout: kernel shape {kernel_shape}, neuron axes "
+                         f"{neuron_axes}; expected non-negative sizes and at least one neuron axis.")
+    if len(x_shape) != len(kernel_shape) or any(
+            a not in (1, k) for a, k in zip(x_shape, kernel_shape)):
+        raise ValueError(f"x_shape {x_shape} is not broadcastable to the kernel shape "
+                         f"{kernel_shape} (each size must be 1 or the kernel's).")
+
+
+def _unshift(n: np.ndarray, sx: np.ndarray, sy: np.ndarray, sxy: np.ndarray,
+             m: np.ndarray, c: np.ndarray) -> dict[str, np.ndarray]:
+    """Raw sums from sums of ``x - m`` and ``y - c`` over ``n`` samples."""
+    return {"sum_x": sx + n * m, "sum_y": sy + n * c,
+            "sum_xy": sxy + c * sx + m * sy + n * m * c}
+
+
+def _normalize(numerator: np.ndarray, count: np.ndarray, w: np.ndarray,
+               fan_in_axes: tuple[int, ...]) -> tuple[np.ndarray, int]:
+    """``numerator / w^T numerator`` per neuron; zeros for degenerate neurons."""
+    terms = w * numerator
+    denominator = np.sum(terms, axis=fan_in_axes, keepdims=True)
+    scale = np.sum(np.abs(terms), axis=fan_in_axes, keepdims=True)
+    good = (count > 0) & (np.abs(denominator) > DEGENERATE_RTOL * scale) & np.isfinite(
+        denominator)
+    pattern = np.where(good, numerator / np.where(good, denominator, 1.0), 0.0)
+    return pattern, int(np.size(good) - np.count_nonzero(good))
