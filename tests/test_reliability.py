@@ -1,0 +1,80 @@
+"""Reliability of the analyzers: concurrent use and random models (hypothesis).
+
+The fuzz test builds random stacks of supported layers with random shapes and
+weights and checks that every analyzer returns finite values of the input's
+shape; a failure here is a crash or a NaN a user could hit.
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import keras
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import innv_pattern as ip
+from innv_pattern.canonize import canonize
+
+FAST_OPTIONS = {"smoothgrad": {"augment_by_n": 2}, "integrated_gradients": {"steps": 2}}
+
+
+def _options(name, model):
+    kwargs = dict(FAST_OPTIONS.get(name, {}))
+    if name.startswith("pattern."):
+        rng = np.random.default_rng(0)
+        kwargs["patterns"] = {op.pattern_key: rng.normal(size=op.kernel_shape).astype("float32")
+                              for op in canonize(model).kernel_ops}
+    return kwargs
+
+
+@pytest.mark.parametrize("name", ["lrp.epsilon", "pattern.attribution"])
+def test_threads_give_sequential_results(name, conv_model):
+    """One analyzer used from four threads at once equals sequential use."""
+    analyzer = ip.create_analyzer(name, conv_model, **_options(name, conv_model))
+    rng = np.random.default_rng(1)
+    batches = [rng.normal(size=(3, 9, 9, 2)).astype("float32") for _ in range(8)]
+    sequential = [analyzer.analyze(b) for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        concurrent = list(pool.map(analyzer.analyze, batches))
+    for s, c in zip(sequential, concurrent):
+        np.testing.assert_array_equal(s, c)
+
+
+def _layer(kind: str, rng: np.random.Generator, image: bool) -> keras.layers.Layer:
+    act = str(rng.choice(["relu", "linear"]))
+    if kind == "dense":
+        return keras.layers.Dense(int(rng.integers(1, 6)), activation=act)
+    if kind == "conv":
+        return keras.layers.Conv2D(int(rng.integers(1, 4)), int(rng.integers(1, 3)),
+                                   strides=int(rng.integers(1, 3)),
+                                   padding=str(rng.choice(["same", "valid"])), activation=act)
+    return {
+        "max": lambda: keras.layers.MaxPooling2D(2, padding="same"),
+        "avg": lambda: keras.layers.AveragePooling2D(2, padding="same"),
+        "pad": lambda: keras.layers.ZeroPadding2D(1),
+        "drop": lambda: keras.layers.Dropout(0.3),
+        "relu": lambda: keras.layers.ReLU(),
+    }[kind]()
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(0, 2**31 - 1),
+       kinds=st.lists(st.sampled_from(["conv", "max", "avg", "pad", "drop", "relu"]), max_size=4),
+       head=st.lists(st.sampled_from(["dense", "relu", "drop"]), min_size=1, max_size=3))
+def test_random_models_give_finite_analyses(seed, kinds, head):
+    rng = np.random.default_rng(seed)
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((6, 6, int(rng.integers(1, 3))))
+    x = inp
+    for kind in kinds:
+        x = _layer(kind, rng, True)(x)
+    x = keras.layers.Flatten()(x)
+    for kind in head:
+        x = _layer(kind, rng, False)(x)
+    model = keras.Model(inp, keras.layers.Dense(3)(x))
+    data = rng.normal(size=(2,) + model.input_shape[1:]).astype("float32") * rng.uniform(0.1, 10)
+    for name in ip.list_analyzers():
+        out = ip.create_analyzer(name, model, **_options(name, model)).analyze(data)
+        assert out.shape == data.shape, name
+        assert np.all(np.isfinite(out)), f"{name} gave non-finite values"
