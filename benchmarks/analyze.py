@@ -4,8 +4,12 @@ Both are measured side by side in one run, on the same model and batch, with
 interleaved repetitions (the median of each is reported).  Prints a table and
 writes ``benchmarks/results/analyze.json``.
 
-    python benchmarks/analyze.py               # small CNN and VGG16 at 112x112
-    python benchmarks/analyze.py --quick       # small CNN only
+    python benchmarks/analyze.py                         # every model below
+    python benchmarks/analyze.py --models small_cnn      # one model
+    python benchmarks/analyze.py --xla                   # also XLA-compiled analyses
+
+Models: a small CNN (batch 32), VGG16-shaped at 64x64 and 112x112 and
+ResNet50-shaped at 64x64 (batch 8), all ``weights=None``.
 
 Sampling analyzers (smoothgrad, integrated_gradients) are reported per sample
 (time divided by their number of samples), the others per analysis.
@@ -56,8 +60,16 @@ def fake_patterns(model: keras.Model) -> dict:
             for op in canonize(model).kernel_ops}
 
 
-def plain_gradient(model: keras.Model):
-    @tf.function(reduce_retracing=True)
+MODELS = {
+    "small_cnn": (lambda: small_cnn(), 32),
+    "vgg16_64": (lambda: vgg16(64), 8),
+    "vgg16_112": (lambda: vgg16(112), 8),
+    "resnet50_64": (lambda: keras.applications.ResNet50(weights=None, input_shape=(64, 64, 3)), 8),
+}
+
+
+def plain_gradient(model: keras.Model, jit: bool = False):
+    @tf.function(reduce_retracing=True, jit_compile=jit)
     def grad(x):
         with tf.GradientTape() as tape:
             tape.watch(x)
@@ -76,10 +88,10 @@ def median_time(fn, reps: int) -> float:
     return float(np.median(times))
 
 
-def bench_model(name: str, model: keras.Model, batch: int, reps: int) -> list[dict]:
+def bench_model(name: str, model: keras.Model, batch: int, reps: int, jit: bool) -> list[dict]:
     x = np.random.default_rng(1).normal(size=(batch,) + model.input_shape[1:]).astype("float32")
     xt = tf.constant(x)
-    base = plain_gradient(model)
+    base = plain_gradient(model, jit)
     base(xt).numpy()
     patterns = fake_patterns(model)
     rows = []
@@ -90,7 +102,7 @@ def bench_model(name: str, model: keras.Model, batch: int, reps: int) -> list[di
             kwargs[key] = SAMPLING[analyzer_name]
         if analyzer_name.startswith("pattern."):
             kwargs["patterns"] = patterns
-        analyzer = ip.create_analyzer(analyzer_name, model, **kwargs)
+        analyzer = ip.create_analyzer(analyzer_name, model, jit_compile=jit, **kwargs)
         analyzer.analyze(x)  # trace
         t_an, t_base = [], []
         for _ in range(reps):  # interleaved: both see the same machine state
@@ -98,27 +110,28 @@ def bench_model(name: str, model: keras.Model, batch: int, reps: int) -> list[di
             t_an.append(median_time(lambda: analyzer.analyze(x), 1))
         per = SAMPLING.get(analyzer_name, 1)
         ratio = float(np.median(t_an)) / per / float(np.median(t_base))
-        rows.append({"model": name, "analyzer": analyzer_name, "batch": batch,
+        rows.append({"model": name, "xla": jit, "analyzer": analyzer_name, "batch": batch,
                      "gradient_s": float(np.median(t_base)), "analyzer_s": float(np.median(t_an)),
                      "per": "sample" if per > 1 else "analysis", "ratio": ratio})
-        print(f"{name:14s} {analyzer_name:22s} {rows[-1]['analyzer_s']*1e3:9.1f} ms  "
+        print(f"{name + (' xla' if jit else ''):16s} {analyzer_name:22s} {rows[-1]['analyzer_s']*1e3:9.1f} ms  "
               f"gradient {rows[-1]['gradient_s']*1e3:8.1f} ms  ratio {ratio:5.2f}x", flush=True)
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small CNN only")
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--xla", action="store_true", help="also measure jit_compile=True")
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "analyze.json"))
     args = parser.parse_args()
-    models = [("small_cnn", small_cnn, 32)]
-    if not args.quick:
-        models.append(("vgg16_112", lambda: vgg16(112), 8))
     rows = []
-    for name, make, batch in models:
-        rows += bench_model(name, make(), batch, args.reps)
-    worst = max(r["ratio"] for r in rows if r["per"] == "analysis")
+    for name in args.models:
+        make, batch = MODELS[name]
+        model = make()
+        for jit in ([False, True] if args.xla else [False]):
+            rows += bench_model(name, model, batch, args.reps, jit)
+    worst = max(r["ratio"] for r in rows if r["per"] == "analysis" and not r["xla"])
     print(f"worst non-sampling ratio: {worst:.2f}x (target <= 1.10x)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({

@@ -40,13 +40,15 @@ def list_analyzers() -> list[str]:
 
 
 def create_analyzer(name: str, model: keras.Model, neuron_selection_mode: str = "max_activation",
-                    **kwargs: Any) -> "Analyzer":
+                    jit_compile: bool = False, **kwargs: Any) -> "Analyzer":
     """Makes the analyzer called ``name`` for ``model``.
 
     Args:
         name: One of :func:`list_analyzers`.
         model: A functional or Sequential Keras 3 model with one output.
         neuron_selection_mode: ``"max_activation"``, ``"index"`` or ``"all"``.
+        jit_compile: Compile the analysis with XLA. Off by default: on CPU it
+            measured slower (``benchmarks/analyze.py --xla``).
         **kwargs: Options of the analyzer (for example ``epsilon``).
 
     Raises:
@@ -55,7 +57,11 @@ def create_analyzer(name: str, model: keras.Model, neuron_selection_mode: str = 
     """
     if name not in _REGISTRY:
         raise ValueError(f"Unknown analyzer {name!r}. Accepted names: {list_analyzers()}.")
-    return _REGISTRY[name](model, neuron_selection_mode=neuron_selection_mode, **kwargs)
+    analyzer = _REGISTRY[name](model, neuron_selection_mode=neuron_selection_mode, **kwargs)
+    if jit_compile:
+        analyzer.jit_compile = True
+        analyzer._build()
+    return analyzer
 
 
 class Analyzer:
@@ -76,6 +82,7 @@ class Analyzer:
     name: ClassVar[str] = ""
     rule_family: ClassVar[str] = "gradient"
     start_from_value: ClassVar[bool] = False
+    jit_compile: bool = False
 
     def __init__(self, model: keras.Model, neuron_selection_mode: str = "max_activation") -> None:
         if neuron_selection_mode not in NEURON_SELECTION_MODES:
@@ -98,7 +105,8 @@ class Analyzer:
     def _build(self) -> None:
         """(Re)binds the rules and compiles the batch function."""
         self._rules = bind(self._graph, RULE_MAPS[self.rule_family], self._options())
-        self._batch_fn = tf.function(self._analyze_batch, reduce_retracing=True)
+        self._batch_fn = tf.function(self._analyze_batch, reduce_retracing=True,
+                                     jit_compile=self.jit_compile)
 
     def _options(self) -> dict[str, Any]:
         return {}
