@@ -1,0 +1,280 @@
+"""Drawing explanations the way the paper does.
+
+Two ways of drawing, as in Fig. 1 and Fig. 5 of Kindermans et al. (2018):
+
+* **functions and signals** (gradient, SmoothGrad, DeConvNet, Guided BackProp,
+  PatternNet) are back-projections to input space, drawn with the original
+  colour channels after ``x / (2 max|x|) + 1/2`` (:func:`project`);
+* **attributions** (LRP, input x gradient, Integrated Gradients,
+  PatternAttribution) are heat maps of pixel-wise contributions: summed over
+  the channels and drawn with a diverging colour map, red for positive and
+  blue for negative (:func:`heatmap`).
+
+:func:`plot_grid` puts several inputs and analyzers side by side, grouped by
+what they show, as in Fig. 5; :func:`plot_toy` draws the linear toy example of
+Fig. 2. Plots of the evaluations (rho per layer, degradation curves) belong to
+:mod:`innv_pattern.evaluate`; :func:`plot_signal_quality` and
+:func:`plot_perturbation` forward to them. Everything returns numpy arrays or
+``matplotlib.figure.Figure`` objects made without ``pyplot``: no global state,
+no window, any backend (``fig.savefig(path)`` to write a file).
+
+Example:
+    >>> import numpy as np
+    >>> from innv_pattern import viz
+    >>> a = np.array([[-2.0, 0.0], [1.0, 2.0]])
+    >>> viz.project(a)
+    array([[0.  , 0.5 ],
+           [0.75, 1.  ]])
+    >>> viz.heatmap(a).shape        # RGB, red positive, blue negative
+    (2, 2, 3)
+    >>> viz.kind_of("pattern.attribution")
+    'attribution'
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+__all__ = [
+    "DISPLAY_NAMES", "KINDS", "draw", "heatmap", "input_image", "kind_of",
+    "plot_grid", "plot_perturbation", "plot_signal_quality", "plot_toy", "project",
+]
+
+#: What each analyzer shows, after Fig. 1 of the paper.
+KINDS: dict[str, str] = {
+    "gradient": "function", "smoothgrad": "function",
+    "deconvnet": "signal", "guided_backprop": "signal", "pattern.net": "signal",
+    "input_t_gradient": "attribution", "integrated_gradients": "attribution",
+    "lrp.z": "attribution", "lrp.epsilon": "attribution", "pattern.attribution": "attribution",
+}
+
+#: Column titles, spelled as in the paper.
+DISPLAY_NAMES: dict[str, str] = {
+    "gradient": "Gradient", "smoothgrad": "SmoothGrad", "deconvnet": "DeConvNet",
+    "guided_backprop": "Guided BackProp", "pattern.net": "PatternNet",
+    "input_t_gradient": "Input x Gradient", "integrated_gradients": "Integrated Gradients",
+    "lrp.z": "LRP-z", "lrp.epsilon": "LRP-epsilon", "pattern.attribution": "PatternAttribution",
+}
+
+_GROUP_ORDER = ("function", "signal", "attribution")
+
+
+def kind_of(method: str) -> str:
+    """``"function"``, ``"signal"`` or ``"attribution"`` for an analyzer name.
+
+    Raises:
+        ValueError: For a name not in :data:`KINDS`.
+    """
+    if method not in KINDS:
+        raise ValueError(f"Unknown analyzer {method!r}. Accepted names: {sorted(KINDS)}.")
+    return KINDS[method]
+
+
+def _image(x: Any) -> np.ndarray:
+    """One sample as an ``(H, W)`` or ``(H, W, C)`` float array (1-D becomes a strip)."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim == 3 and x.shape[-1] == 1:
+        x = x[..., 0]
+    if x.ndim not in (2, 3):
+        raise ValueError(f"Expected one sample shaped (D,), (H, W) or (H, W, C); "
+                         f"received shape {x.shape}.")
+    return x
+
+
+def project(x: Any) -> np.ndarray:
+    """The paper's signal normalization ``x / (2 max|x|) + 1/2``, into [0, 1].
+
+    Args:
+        x: One back-projection, shaped ``(H, W)``, ``(H, W, C)`` or ``(D,)``.
+            Channels are kept (a single channel is dropped).
+
+    Returns:
+        An array in [0, 1], 0.5 where ``x`` is 0 (everywhere, for an all-zero ``x``).
+
+    Example:
+        >>> project(np.array([1.0, -4.0])).tolist()
+        [[0.625, 0.0]]
+    """
+    x = _image(x)
+    peak = np.max(np.abs(x))
+    return x / (2 * peak) + 0.5 if peak > 0 else np.full_like(x, 0.5)
+
+
+def heatmap(a: Any, cmap: str = "seismic") -> np.ndarray:
+    """An attribution as an RGB heat map of pixel-wise contributions.
+
+    Args:
+        a: One attribution, shaped ``(H, W)``, ``(H, W, C)`` or ``(D,)``;
+            channels are summed.
+        cmap: A diverging matplotlib colour map; the map's centre is zero.
+
+    Returns:
+        ``(H, W, 3)`` floats in [0, 1], scaled by the largest absolute value.
+
+    Example:
+        >>> heatmap(np.array([[1.0, -1.0]]))[0].round(2).tolist()   # red, blue
+        [[0.5, 0.0, 0.0], [0.0, 0.0, 0.3]]
+    """
+    a = _image(a)
+    if a.ndim == 3:
+        a = a.sum(axis=-1)
+    peak = np.max(np.abs(a))
+    scaled = a / (2 * peak) + 0.5 if peak > 0 else np.full_like(a, 0.5)
+    return colormaps[cmap](scaled)[..., :3]
+
+
+def input_image(x: Any) -> np.ndarray:
+    """An input, min-max scaled into [0, 1] for display (any preprocessing undone)."""
+    x = _image(x)
+    low, high = np.min(x), np.max(x)
+    return (x - low) / (high - low) if high > low else np.zeros_like(x)
+
+
+def draw(analysis: Any, method: str) -> np.ndarray:
+    """One analysis drawn as the paper draws its kind: :func:`project` or :func:`heatmap`.
+
+    Example:
+        >>> draw(np.ones((4, 4, 3)), "pattern.net").shape
+        (4, 4, 3)
+        >>> draw(np.ones((4, 4, 3)), "lrp.z").shape
+        (4, 4, 3)
+    """
+    return heatmap(analysis) if kind_of(method) == "attribution" else project(analysis)
+
+
+def _ordered(methods: Sequence[str]) -> list[str]:
+    return sorted(methods, key=lambda m: _GROUP_ORDER.index(kind_of(m)))
+
+
+def _show(ax: Any, image: np.ndarray) -> None:
+    ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1,
+              interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def _columns(methods: Sequence[str]) -> tuple[list[str | None], list[float]]:
+    """Column layout: the input, then each group after a narrow spacer (``None``)."""
+    columns: list[str | None] = ["input"]
+    for group in _GROUP_ORDER:
+        members = [m for m in methods if kind_of(m) == group]
+        if members:
+            columns += [None, *members]
+    widths = [0.15 if c is None else 1.0 for c in columns]
+    return columns, widths
+
+
+def _group_headers(fig: Figure, axes: np.ndarray, columns: list[str | None]) -> None:
+    for group in _GROUP_ORDER:
+        idx = [j for j, c in enumerate(columns) if c not in (None, "input") and kind_of(c) == group]
+        if idx:
+            left, right = axes[0, idx[0]].get_position(), axes[0, idx[-1]].get_position()
+            fig.text((left.x0 + right.x1) / 2, left.y1 + 0.6 * (1 - left.y1), group,
+                     ha="center", va="center", fontsize="large", fontweight="bold")
+            fig.add_artist(_rule(left.x0, right.x1, left.y1 + 0.45 * (1 - left.y1)))
+
+
+def _rule(x0: float, x1: float, y: float) -> Any:
+    from matplotlib.lines import Line2D
+
+    return Line2D([x0, x1], [y, y], color="0.4", linewidth=1.0)
+
+
+def plot_grid(x: Any, analyses: Mapping[str, Any], row_labels: Sequence[str] | None = None,
+              cell_size: float = 1.5) -> Figure:
+    """Inputs (rows) by analyzers (columns), grouped by what they show, as in Fig. 5.
+
+    Functions and signals are drawn with :func:`project`, attributions with
+    :func:`heatmap`; columns are ordered function, signal, attribution (keeping
+    the given order within a group) under a header per group.
+
+    Args:
+        x: The inputs, a batch shaped ``(N, ...)``.
+        analyses: Analyzer name -> its analysis of ``x`` (same shape as ``x``).
+        row_labels: One text per input, written left of it (e.g. the true and
+            predicted class and the confidence, as in Fig. 5).
+        cell_size: Size of one image in inches.
+
+    Returns:
+        The figure.
+
+    Example:
+        >>> x = np.random.default_rng(0).normal(size=(2, 8, 8, 1))
+        >>> fig = plot_grid(x, {"lrp.z": x, "gradient": -x}, row_labels=["a", "b"])
+        >>> [ax.get_title() for ax in fig.axes if ax.get_title()]
+        ['input', 'Gradient', 'LRP-z']
+    """
+    x = np.asarray(x)
+    bad = {m: np.shape(a) for m, a in analyses.items() if np.shape(a) != x.shape}
+    if bad:
+        raise ValueError(f"Each analysis must have the inputs' shape {x.shape}; received {bad}.")
+    if row_labels is not None and len(row_labels) != len(x):
+        raise ValueError(f"Expected {len(x)} row labels (one per input); received {len(row_labels)}.")
+    columns, widths = _columns(_ordered(list(analyses)))
+    fig = Figure(figsize=(cell_size * sum(widths) + 0.4, cell_size * len(x) + 0.9))
+    axes = fig.subplots(len(x), len(columns), squeeze=False,
+                        gridspec_kw={"width_ratios": widths, "wspace": 0.05, "hspace": 0.05})
+    fig.subplots_adjust(left=0.35 / fig.get_figwidth(), right=0.99, bottom=0.02,
+                        top=1 - 0.8 / fig.get_figheight())
+    for i, sample in enumerate(x):
+        for j, column in enumerate(columns):
+            ax = axes[i, j]
+            if column is None:
+                ax.set_axis_off()
+                continue
+            image = input_image(sample) if column == "input" else draw(analyses[column][i], column)
+            _show(ax, image)
+            if i == 0:
+                ax.set_title("input" if column == "input" else DISPLAY_NAMES.get(column, column),
+                             fontsize="medium")
+        if row_labels is not None:
+            axes[i, 0].set_ylabel(row_labels[i], fontsize="small")
+    _group_headers(fig, axes, columns)
+    return fig
+
+
+def plot_toy(x: Any, y: Any, directions: Mapping[str, Any]) -> Figure:
+    """The linear toy example of Section 2 drawn as Fig. 2: data coloured by ``y``, with arrows.
+
+    Args:
+        x: Two-dimensional data, shaped ``(N, 2)``.
+        y: The output to colour by, shaped ``(N,)``.
+        directions: Label -> 2-vector drawn as an arrow from the origin, for
+            example ``{"filter w": w, "pattern a": a, "distractor a_d": a_d}``.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> y, eps = rng.uniform(-1, 1, 200), rng.normal(0, 1, 200)
+        >>> x = np.outer(y, [1, 0]) + np.outer(eps, [1, 1])
+        >>> fig = plot_toy(x, y, {"filter w": [1, -1], "signal a_s": [1, 0]})
+        >>> len(fig.axes[0].texts)           # one arrow each
+        2
+    """
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64).reshape(-1)
+    if x.ndim != 2 or x.shape[1] != 2 or len(y) != len(x):
+        raise ValueError(f"Expected x shaped (N, 2) and y shaped (N,); received {x.shape} and {y.shape}.")
+    fig = Figure(figsize=(5, 5))
+    ax = fig.add_subplot()
+    points = ax.scatter(x[:, 0], x[:, 1], c=y, cmap="coolwarm", s=8, alpha=0.6)
+    fig.colorbar(points, ax=ax, label="y", shrink=0.8)
+    colors = colormaps["tab10"].colors
+    for k, (label, vector) in enumerate(directions.items()):
+        vx, vy = np.asarray(vector, dtype=np.float64).reshape(2)
+        ax.annotate("", xy=(vx, vy), xytext=(0, 0),
+                    arrowprops={"arrowstyle": "-|>", "color": colors[k + 2], "lw": 2.5})
+        ax.plot([], [], color=colors[k + 2], lw=2.5, label=label)
+    ax.axhline(0, color="0.8", lw=0.8, zorder=0)
+    ax.axvline(0, color="0.8", lw=0.8, zorder=0)
+    ax.set_aspect("equal")
+    ax.legend(loc="upper left")
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    return fig
