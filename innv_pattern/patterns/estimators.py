@@ -46,6 +46,7 @@ __all__ = [
     "PATTERN_TYPES",
     "PatternStatistics",
     "expand_pattern_type",
+    "state_shapes",
 ]
 
 #: Pattern-type names accepted by the computer, and the patterns each yields.
@@ -55,10 +56,6 @@ PATTERN_TYPES: dict[str, tuple[str, ...]] = {
 }
 #: Relative size of ``w^T num`` below which a neuron is degenerate.
 DEGENERATE_RTOL = 1e-6
-
-_NEURON_FIELDS = ("count_pos", "sum_y", "sum_y_pos")
-_KERNEL_FIELDS = ("sum_x_pos", "sum_xy", "sum_xy_pos")
-
 
 def expand_pattern_type(pattern_type: str | Iterable[str]) -> tuple[str, ...]:
     """The concrete pattern types of ``pattern_type``, the primary one first.
@@ -104,11 +101,9 @@ class PatternStatistics:
     def __init__(self, kernel_shape: Iterable[int], neuron_axes: Iterable[int],
                  regimes: bool = True, x_shape: Iterable[int] | None = None) -> None:
         self.kernel_shape = tuple(int(d) for d in kernel_shape)
-        rank = len(self.kernel_shape)
-        self.neuron_axes = tuple(sorted(int(a) % rank for a in neuron_axes)) if rank else ()
-        self.regimes = bool(regimes)
         self.x_shape = self.kernel_shape if x_shape is None else tuple(int(d) for d in x_shape)
-        _check_layout(self.kernel_shape, self.neuron_axes, self.x_shape)
+        self.neuron_axes = _layout(self.kernel_shape, neuron_axes, self.x_shape)
+        self.regimes = bool(regimes)
         self.sums = {name: np.zeros(shape) for name, shape in self.array_shapes().items()}
 
     @property
@@ -127,13 +122,8 @@ class PatternStatistics:
         return float(self.sums["count"])
 
     def array_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Name and shape of every array of the state, for validation."""
-        shapes = {"count": (), "sum_x": self.x_shape, "sum_y": self.neuron_shape,
-                  "sum_xy": self.kernel_shape}
-        if self.regimes:
-            shapes.update(count_pos=self.neuron_shape, sum_y_pos=self.neuron_shape,
-                          sum_x_pos=self.kernel_shape, sum_xy_pos=self.kernel_shape)
-        return shapes
+        """Name and shape of every array of the state."""
+        return state_shapes(self.kernel_shape, self.neuron_axes, self.regimes, self.x_shape)
 
     def config(self) -> dict[str, Any]:
         """The layout, as JSON-compatible values (see :meth:`from_state`)."""
@@ -180,8 +170,8 @@ class PatternStatistics:
             raw.update({k + "_pos": v for k, v in raw_pos.items()})
             raw["count_pos"] = s["count_pos"]
         raw["count"] = s["count"]
-        for name, shape in self.array_shapes().items():
-            self.sums[name] = self.sums[name] + np.broadcast_to(raw[name], shape)
+        for name in self.sums:
+            self.sums[name] += raw.pop(name)
 
     def merge(self, other: "PatternStatistics") -> "PatternStatistics":
         """New statistics of the samples of ``self`` and ``other`` together."""
@@ -229,15 +219,42 @@ class PatternStatistics:
                 n - s["count_pos"])
 
 
-def _check_layout(kernel_shape: tuple[int, ...], neuron_axes: tuple[int, ...],
-                  x_shape: tuple[int, ...]) -> None:
-    if any(d < 0 for d in kernel_shape) or not neuron_axes:
+def state_shapes(kernel_shape: Iterable[int], neuron_axes: Iterable[int], regimes: bool,
+                 x_shape: Iterable[int]) -> dict[str, tuple[int, ...]]:
+    """Name and shape of every array of a state, without allocating any.
+
+    Raises:
+        ValueError: If the layout is inconsistent.
+
+    Example:
+        >>> state_shapes((4, 3), (1,), False, (4, 1))
+        {'count': (), 'sum_x': (4, 1), 'sum_y': (1, 3), 'sum_xy': (4, 3)}
+    """
+    kernel_shape = tuple(int(d) for d in kernel_shape)
+    x_shape = tuple(int(d) for d in x_shape)
+    axes = _layout(kernel_shape, neuron_axes, x_shape)
+    neuron = tuple(d if i in axes else 1 for i, d in enumerate(kernel_shape))
+    shapes = {"count": (), "sum_x": x_shape, "sum_y": neuron, "sum_xy": kernel_shape}
+    if regimes:
+        shapes.update(count_pos=neuron, sum_y_pos=neuron, sum_x_pos=kernel_shape,
+                      sum_xy_pos=kernel_shape)
+    return shapes
+
+
+def _layout(kernel_shape: tuple[int, ...], neuron_axes: Iterable[int],
+            x_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Checks a layout; returns the neuron axes, non-negative and sorted."""
+    rank = len(kernel_shape)
+    axes = [int(a) for a in neuron_axes]
+    if (any(d < 0 for d in kernel_shape) or not axes or len(set(axes)) != len(axes)
+            or any(not -rank <= a < rank for a in axes)):
         raise ValueError(f"Invalid layout: kernel shape {kernel_shape}, neuron axes "
-                         f"{neuron_axes}; expected non-negative sizes and at least one neuron axis.")
-    if len(x_shape) != len(kernel_shape) or any(
-            a not in (1, k) for a, k in zip(x_shape, kernel_shape)):
+                         f"{tuple(axes)}; expected non-negative sizes and at least one "
+                         "distinct neuron axis within the kernel's rank.")
+    if len(x_shape) != rank or any(a not in (1, k) for a, k in zip(x_shape, kernel_shape)):
         raise ValueError(f"x_shape {x_shape} is not broadcastable to the kernel shape "
                          f"{kernel_shape} (each size must be 1 or the kernel's).")
+    return tuple(sorted(a % rank for a in axes))
 
 
 def _unshift(n: np.ndarray, sx: np.ndarray, sy: np.ndarray, sxy: np.ndarray,

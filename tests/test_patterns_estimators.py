@@ -1,0 +1,173 @@
+"""The estimators alone (numpy, no Keras): Eq. 3 and Eq. 7 from sufficient statistics.
+
+Each test checks the statistics against a direct float64 computation on
+explicit samples (``pattern_reference.patterns_from_samples``), which forms
+``E[x y] - E[x] E[y]`` literally, so the sums, the shift removal and the
+merge are checked independently of how they are implemented.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pattern_reference import patterns_from_samples
+
+from innv_pattern.patterns import PatternStatistics, expand_pattern_type
+from innv_pattern.patterns.estimators import state_shapes
+
+TYPES = ("linear", "relu.positive", "relu.negative")
+
+
+def sums_of(x: np.ndarray, w: np.ndarray, b: np.ndarray, mx: np.ndarray | float = 0.0,
+            my: np.ndarray | float = 0.0) -> dict[str, np.ndarray]:
+    """Sums of a Dense layer's samples (x: (n, in)) around the shifts mx, my."""
+    y = x @ w
+    pos = ((y + b) > 0).astype(float)
+    xs, ys = x - mx, y - my
+    return {"count": float(len(x)), "count_pos": pos.sum(0)[None],
+            "sum_x": xs.sum(0)[:, None], "sum_x_pos": xs.T @ pos,
+            "sum_y": ys.sum(0)[None], "sum_y_pos": (ys * pos).sum(0)[None],
+            "sum_xy": xs.T @ ys, "sum_xy_pos": xs.T @ (ys * pos)}
+
+
+def dense_stats(in_dim: int, out_dim: int) -> PatternStatistics:
+    return PatternStatistics((in_dim, out_dim), (1,), regimes=True, x_shape=(in_dim, 1))
+
+
+def test_toy_example_linear_pattern_is_the_signal_direction():
+    """Section 2: x = a_s y + a_d eps with w = (1, -1): the pattern is a_s, the filter is not."""
+    rng = np.random.default_rng(0)
+    y = rng.uniform(-1, 1, 5000)
+    eps = rng.normal(2.0, 1.0, 5000)  # a distractor with non-zero mean
+    eps -= np.polyval(np.polyfit(y, eps, 1), y) - eps.mean()  # exactly uncorrelated with y
+    x = np.outer(y, [1.0, 0.0]) + np.outer(eps, [1.0, 1.0])
+    w = np.array([[1.0], [-1.0]])
+    stats = dense_stats(2, 1)
+    stats.update(sums_of(x, w, np.zeros(1)))
+    patterns, degenerate = stats.finalize(w, TYPES)
+    np.testing.assert_allclose(patterns["linear"][:, 0], [1.0, 0.0], atol=1e-9)
+    assert degenerate == {"linear": 0, "relu.positive": 0, "relu.negative": 0}
+
+
+def test_toy_example_two_component_patterns_reduce_to_the_linear_one():
+    """For zero-mean distractors both regimes' patterns are a_s too (Sec. 4.3)."""
+    rng = np.random.default_rng(1)
+    y = rng.uniform(-1, 1, 20000)
+    eps = rng.normal(0.0, 1.0, 20000)
+    x = np.outer(y, [1.0, 0.0]) + np.outer(eps, [1.0, 1.0])
+    w = np.array([[1.0], [-1.0]])
+    stats = dense_stats(2, 1)
+    stats.update(sums_of(x, w, np.zeros(1)))
+    patterns, _ = stats.finalize(w, TYPES)
+    for kind in TYPES:
+        np.testing.assert_allclose(patterns[kind][:, 0], [1.0, 0.0], atol=0.03)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e3])
+def test_statistics_match_explicit_formulas(offset):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(400, 5)) @ rng.normal(size=(5, 5)) + offset
+    w, b = rng.normal(size=(5, 3)), rng.normal(size=3)
+    b -= np.median(x @ w + b, axis=0)  # both regimes populated
+    stats = dense_stats(5, 3)
+    stats.update(sums_of(x, w, b))
+    found, _ = stats.finalize(w, TYPES)
+    expected = patterns_from_samples(x, w, b)
+    for kind in TYPES:
+        np.testing.assert_allclose(found[kind], expected[kind], rtol=1e-7, atol=1e-9)
+
+
+def test_shifted_updates_and_merges_equal_one_unshifted_update():
+    """Any shift is removed exactly; chunks and merges add up to the whole."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 4)) + 50.0
+    w, b = rng.normal(size=(4, 2)), np.array([-10.0, 5.0])
+    whole = dense_stats(4, 2)
+    whole.update(sums_of(x, w, b))
+    parts = []
+    for chunk in np.array_split(x, 3):
+        mx = chunk.mean(0)
+        my = mx @ w
+        part = dense_stats(4, 2)
+        part.update(sums_of(chunk, w, b, mx, my), x_shift=mx[:, None], y_shift=my[None])
+        parts.append(part)
+    merged = parts[0].merge(parts[1]).merge(parts[2])
+    for name, value in whole.sums.items():
+        np.testing.assert_allclose(merged.sums[name], value, rtol=1e-10, atol=1e-8)
+    assert merged is not parts[0] and parts[0].count == 100
+
+
+def test_state_dict_round_trip_and_validation():
+    stats = dense_stats(3, 2)
+    stats.update(sums_of(np.eye(3), np.ones((3, 2)), np.zeros(2)))
+    again = PatternStatistics.from_state(stats.state_dict())
+    assert again.config() == stats.config()
+    for name in stats.sums:
+        np.testing.assert_array_equal(again.sums[name], stats.sums[name])
+    state = stats.state_dict()
+    state["sum_xy"] = np.zeros((2, 3))
+    with pytest.raises(ValueError, match=r"'sum_xy' has shape \(2, 3\); expected \(3, 2\)"):
+        PatternStatistics.from_state(state)
+    del state["sum_xy"]
+    with pytest.raises(ValueError, match="lacks 'sum_xy'"):
+        PatternStatistics.from_state(state)
+
+
+def test_degenerate_neurons_get_zero_patterns_and_are_counted():
+    """Never active, never inactive, zero weights: defined (zero) patterns, no NaN."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(200, 3))
+    w = rng.normal(size=(3, 4))
+    w[:, 3] = 0.0                                  # zero filter: zero denominators
+    b = np.array([-100.0, 100.0, 0.0, 1.0])        # never active, never inactive
+    stats = dense_stats(3, 4)
+    stats.update(sums_of(x, w, b))
+    patterns, degenerate = stats.finalize(w, TYPES)
+    assert degenerate == {"linear": 1, "relu.positive": 2, "relu.negative": 2}
+    for kind in TYPES:
+        assert np.isfinite(patterns[kind]).all()
+    assert not patterns["relu.positive"][:, 0].any() and not patterns["relu.negative"][:, 1].any()
+    assert not patterns["linear"][:, 3].any()
+    assert np.abs(patterns["relu.positive"][:, 1]).sum() > 0
+
+
+def test_empty_statistics_are_all_degenerate():
+    stats = dense_stats(2, 2)
+    patterns, degenerate = stats.finalize(np.ones((2, 2)), TYPES)
+    assert degenerate == {t: 2 for t in TYPES}
+    assert all(not p.any() for p in patterns.values())
+
+
+def test_depthwise_layout_neurons_are_input_channel_and_multiplier():
+    """A depthwise kernel (kh, kw, in, mult) has in * mult neurons, each with its own fan-in."""
+    rng = np.random.default_rng(5)
+    k = rng.normal(size=(2, 2, 3, 2))
+    stats = PatternStatistics(k.shape, (2, 3), regimes=False, x_shape=(2, 2, 3, 1))
+    assert stats.neuron_shape == (1, 1, 3, 2) and stats.fan_in_axes == (0, 1)
+    patches = rng.normal(size=(50, 2, 2, 3, 1))           # one patch per input channel
+    y = (patches * k).sum((1, 2), keepdims=True)
+    stats.update({"count": 50.0, "sum_x": patches.sum(0), "sum_y": y.sum(0),
+                  "sum_xy": (patches * y).sum(0)})
+    found, _ = stats.finalize(k, ("linear",))
+    for c in range(3):
+        expected = patterns_from_samples(patches[..., c, 0].reshape(50, 4),
+                                         k[:, :, c, :].reshape(4, 2), np.zeros(2))
+        np.testing.assert_allclose(found["linear"][:, :, c, :].reshape(4, 2),
+                                   expected["linear"], rtol=1e-9)
+
+
+def test_errors_say_what_was_received_and_what_is_accepted():
+    with pytest.raises(ValueError, match=r"Unknown pattern_type 'relu.positive'.*'linear', 'relu'"):
+        expand_pattern_type("relu.positive")
+    assert expand_pattern_type(("relu", "linear")) == ("relu.positive", "relu.negative", "linear")
+    linear_only = PatternStatistics((2, 2), (1,), regimes=False)
+    with pytest.raises(ValueError, match="Cannot compute pattern type 'relu.positive'"):
+        linear_only.finalize(np.ones((2, 2)), ("relu.positive",))
+    with pytest.raises(ValueError, match=r"Kernel shape \(3, 2\) does not match"):
+        linear_only.finalize(np.ones((3, 2)), ("linear",))
+    with pytest.raises(ValueError, match="different layouts"):
+        linear_only.merge(dense_stats(2, 2))
+    with pytest.raises(ValueError, match="not broadcastable"):
+        state_shapes((4, 3), (1,), True, (2, 1))
+    with pytest.raises(ValueError, match="neuron axes"):
+        PatternStatistics((4, 3), (5,))
