@@ -314,8 +314,8 @@ def _analyzer(method: str, model: Any, patterns_path: str | None, neuron: int | 
     options: dict[str, Any] = {}
     if patterns_path:
         patterns = _load_patterns(patterns_path, model)
-        options = {"patterns": patterns,
-                   "pattern_type": "relu" if patterns.has_type("relu") else "linear"}
+        kind = "relu" if patterns.has_type("relu") else "linear"
+        options = {"patterns": patterns.for_type(kind), "pattern_type": kind}
     mode = "max_activation" if neuron is None else "index"
     return ip.create_analyzer(method, model, neuron_selection_mode=mode, **options)
 

@@ -152,6 +152,12 @@ def _ordered(methods: Sequence[str]) -> list[str]:
     return sorted(methods, key=lambda m: _GROUP_ORDER.index(kind_of(m)))
 
 
+def _panel(column: str, array: Any) -> np.ndarray:
+    if column == "input":
+        return input_image(array)
+    return draw(array, column) if column in KINDS else project(array)
+
+
 def _show(ax: Any, image: np.ndarray) -> None:
     ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1,
               interpolation="nearest")
@@ -161,9 +167,10 @@ def _show(ax: Any, image: np.ndarray) -> None:
         spine.set_visible(False)
 
 
-def _columns(methods: Sequence[str]) -> tuple[list[str | None], list[float]]:
-    """Column layout: the input, then each group after a narrow spacer (``None``)."""
-    columns: list[str | None] = ["input"]
+def _columns(methods: Sequence[str], references: Sequence[str]
+             ) -> tuple[list[str | None], list[float]]:
+    """Column layout: the input and references, then each group after a narrow spacer (``None``)."""
+    columns: list[str | None] = ["input", *references]
     for group in _GROUP_ORDER:
         members = [m for m in methods if kind_of(m) == group]
         if members:
@@ -174,7 +181,7 @@ def _columns(methods: Sequence[str]) -> tuple[list[str | None], list[float]]:
 
 def _group_headers(fig: Figure, axes: np.ndarray, columns: list[str | None]) -> None:
     for group in _GROUP_ORDER:
-        idx = [j for j, c in enumerate(columns) if c not in (None, "input") and kind_of(c) == group]
+        idx = [j for j, c in enumerate(columns) if c in KINDS and kind_of(c) == group]
         if idx:
             left, right = axes[0, idx[0]].get_position(), axes[0, idx[-1]].get_position()
             fig.text((left.x0 + right.x1) / 2, left.y1 + 0.6 * (1 - left.y1), group,
@@ -189,7 +196,7 @@ def _rule(x0: float, x1: float, y: float) -> Any:
 
 
 def plot_grid(x: Any, analyses: Mapping[str, Any], row_labels: Sequence[str] | None = None,
-              cell_size: float = 1.5) -> Figure:
+              references: Mapping[str, Any] | None = None, cell_size: float = 1.5) -> Figure:
     """Inputs (rows) by analyzers (columns), grouped by what they show, as in Fig. 5.
 
     Functions and signals are drawn with :func:`project`, attributions with
@@ -197,10 +204,13 @@ def plot_grid(x: Any, analyses: Mapping[str, Any], row_labels: Sequence[str] | N
     the given order within a group) under a header per group.
 
     Args:
-        x: The inputs, a batch shaped ``(N, ...)``.
+        x: The inputs, a batch shaped ``(N, ...)``; drawn min-max scaled, so
+            pass the images before any preprocessing if that reads better.
         analyses: Analyzer name -> its analysis of ``x`` (same shape as ``x``).
         row_labels: One text per input, written left of it (e.g. the true and
             predicted class and the confidence, as in Fig. 5).
+        references: Title -> arrays like ``x`` drawn with :func:`project` next
+            to the inputs, e.g. the true signal of data made with a known one.
         cell_size: Size of one image in inches.
 
     Returns:
@@ -212,13 +222,14 @@ def plot_grid(x: Any, analyses: Mapping[str, Any], row_labels: Sequence[str] | N
         >>> [ax.get_title() for ax in fig.axes if ax.get_title()]
         ['input', 'Gradient', 'LRP-z']
     """
-    x = np.asarray(x)
-    bad = {m: np.shape(a) for m, a in analyses.items() if np.shape(a) != x.shape}
+    x, references = np.asarray(x), dict(references or {})
+    bad = {m: np.shape(a) for m, a in {**analyses, **references}.items() if np.shape(a) != x.shape}
     if bad:
         raise ValueError(f"Each analysis must have the inputs' shape {x.shape}; received {bad}.")
     if row_labels is not None and len(row_labels) != len(x):
         raise ValueError(f"Expected {len(x)} row labels (one per input); received {len(row_labels)}.")
-    columns, widths = _columns(_ordered(list(analyses)))
+    columns, widths = _columns(_ordered(list(analyses)), list(references))
+    panels = {**analyses, **references}
     fig = Figure(figsize=(cell_size * sum(widths) + 0.4, cell_size * len(x) + 0.9))
     axes = fig.subplots(len(x), len(columns), squeeze=False,
                         gridspec_kw={"width_ratios": widths, "wspace": 0.05, "hspace": 0.05})
@@ -230,11 +241,9 @@ def plot_grid(x: Any, analyses: Mapping[str, Any], row_labels: Sequence[str] | N
             if column is None:
                 ax.set_axis_off()
                 continue
-            image = input_image(sample) if column == "input" else draw(analyses[column][i], column)
-            _show(ax, image)
+            _show(ax, _panel(column, sample if column == "input" else panels[column][i]))
             if i == 0:
-                ax.set_title("input" if column == "input" else DISPLAY_NAMES.get(column, column),
-                             fontsize="medium")
+                ax.set_title(DISPLAY_NAMES.get(column, column), fontsize="medium")
         if row_labels is not None:
             axes[i, 0].set_ylabel(row_labels[i], fontsize="small")
     _group_headers(fig, axes, columns)
