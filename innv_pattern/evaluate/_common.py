@@ -69,7 +69,9 @@ def analyze_all(model: Any, x: np.ndarray, analyzer_names: Sequence[str],
         if fit_data is None:
             raise ValueError("pattern.net and pattern.attribution need fit_data (to fit the "
                              "patterns) or patterns=ip.PatternComputer(model).compute(data).")
-        patterns = ip.PatternComputer(model, pattern_type="relu").compute(fit_data, verbose=0)
+        from innv_pattern.patterns import PatternComputer
+
+        patterns = PatternComputer(model, pattern_type="relu").compute(fit_data, verbose=0)
     result = {}
     for name in analyzer_names:
         extra = dict(kwargs.get(name, {}))
