@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -190,7 +191,8 @@ def _add_evaluate(commands: Any) -> None:
                           default=list(METHODS), help="analyzers to degrade (default: all)")
     evaluate.add_argument("--samples", type=_positive, default=64,
                           help="inputs for the degradation curves (default 64)")
-    evaluate.add_argument("--patch-size", type=_positive, default=9, help="default 9 (the paper's)")
+    evaluate.add_argument("--patch-size", type=_positive, help="side of the square patches "
+                          "(default: the paper's 9 for images of 72 pixels or more, else side/8)")
     _data_options(evaluate)
     evaluate.set_defaults(run=_run_evaluate)
 
@@ -346,11 +348,73 @@ def _save_figure(fig: Any, path: str) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
-    raise UserError("evaluate is not available yet.")
+    for path, what in ((args.model, "Model file"), (args.patterns, "Pattern file")):
+        check_exists(path, what)
+    check_exists(args.data, "Data", folder_ok=True)
+    _start_tensorflow()
+    model = load_model(args.model)
+    patterns = _load_patterns(args.patterns, model)
+    x = fit_to_model(_read(args.data, args.key, model, args.scale), model.input_shape, args.data)
+    x = np.asarray(x, dtype=np.float32)
+    if len(x) < 4:
+        raise UserError(f"'{args.data}' holds {len(x)} samples; evaluate needs at least 4 (half "
+                        "to fit the read-out of rho, half to measure it).")
+    os.makedirs(args.out, exist_ok=True)
+    report = {"signal_quality": _evaluate_rho(model, patterns, x, args.out)}
+    if x.ndim == 4:
+        report["degradation"] = _evaluate_degradation(model, patterns, x[:args.samples], args)
+    else:
+        print("Image degradation skipped: it needs images (height, width, channels).")
+    with open(os.path.join(args.out, "evaluation.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"Wrote evaluation.json and figures to '{args.out}'.")
+
+
+def _evaluate_rho(model: Any, patterns: Any, x: np.ndarray, out: str) -> dict[str, Any]:
+    """rho per layer: the read-out fitted on the first half of ``x``, measured on the second."""
+    from innv_pattern.demo import markdown_table
+    from innv_pattern.evaluate import plot_signal_quality, signal_quality
+
+    estimators = ["random", "filter"] + ["linear"] * patterns.has_type("linear") + \
+        ["two_component"] * patterns.has_type("relu")
+    print(f"Signal-estimator quality rho per layer ({', '.join(estimators)}) on {len(x)} samples...")
+    half = len(x) // 2
+    rho = signal_quality(model, None, x[:half], x[half:], estimators=estimators, patterns=patterns)
+    layers = list(rho[estimators[0]])
+    print(markdown_table(["estimator"] + layers,
+                         [[e] + [float(rho[e][name]) for name in layers] for e in estimators]))
+    if "linear" not in estimators:
+        print("(Fit with --pattern-type linear+relu to compare the linear estimator S_a too.)")
+    plot_signal_quality(rho, title="Signal-estimator quality per layer").savefig(
+        os.path.join(out, "signal_quality.png"), dpi=80)
+    return rho
+
+
+def _evaluate_degradation(model: Any, patterns: Any, x: np.ndarray,
+                          args: argparse.Namespace) -> dict[str, Any]:
+    from innv_pattern.demo import analyze_all, degradation, markdown_table
+    from innv_pattern.evaluate import plot_perturbation_curves
+
+    print(f"Image degradation of {len(x)} inputs for {len(args.methods)} analyzers and a random "
+          "order...")
+    analyses = analyze_all(model, x, patterns, 1, tuple(args.methods))
+    curves = degradation(model, x, analyses, patch_size=args.patch_size)
+    aopc = {label: curve["aopc"] for label, curve in curves.items()}
+    print(markdown_table(["analyzer", "AOPC (higher: steeper decay)"],
+                         [[k, v] for k, v in sorted(aopc.items(), key=lambda kv: -kv[1])]))
+    plot_perturbation_curves(curves, title="Image degradation").savefig(
+        os.path.join(args.out, "degradation.png"), dpi=80)
+    return {"patch_size": curves["random"]["patch_size"], "aopc": aopc,
+            "curves": {k: v["curve"].tolist() for k, v in curves.items()}}
 
 
 def _run_demo(args: argparse.Namespace) -> None:
+    _start_tensorflow()
     from innv_pattern.demo import run_demo
 
     report = run_demo(args.out, quick=args.quick)
     print(f"Demo finished: figures and report in '{args.out}'; open '{report}'.")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -29,7 +29,10 @@ import innv_pattern as ip
 from innv_pattern import datasets, viz
 from innv_pattern.patterns import PatternComputer
 
-__all__ = ["DemoSettings", "photo_crops", "run_demo"]
+__all__ = [
+    "DemoSettings", "analyze_all", "default_patch_size", "degradation", "markdown_table",
+    "photo_crops", "render_report", "run_demo",
+]
 
 #: The analyzers of the demo, in the paper's order: function, signal, attribution.
 ANALYZERS = ("gradient", "smoothgrad", "deconvnet", "guided_backprop", "pattern.net",
@@ -50,11 +53,13 @@ class DemoSettings:
     photo_size: int = 48
     photo_epochs: int = 5
     degradation_samples: int = 100
+    analyzers: tuple[str, ...] = ANALYZERS
     seed: int = 0
 
 
 QUICK = DemoSettings(digits_size=8, digits_epochs=2, shown=3, ground_truth_samples=400,
-                     photo_crops=200, photo_size=16, photo_epochs=1, degradation_samples=8)
+                     photo_crops=200, photo_size=16, photo_epochs=1, degradation_samples=16,
+                     analyzers=("gradient", "pattern.net", "lrp.z", "pattern.attribution"))
 
 
 class _Steps:
@@ -99,9 +104,13 @@ def _accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(model.predict(x, verbose=0).argmax(-1) == y))
 
 
-def _analyze_all(model: keras.Model, x: np.ndarray, patterns: Any, verbose: int,
+def analyze_all(model: keras.Model, x: np.ndarray, patterns: Any, verbose: int,
                  methods: tuple[str, ...] = ANALYZERS) -> dict[str, np.ndarray]:
-    """Every analyzer's analysis of ``x``, with a progress bar over the analyzers."""
+    """Every analyzer's analysis of ``x``, with a progress bar over the analyzers.
+
+    ``patterns`` (:class:`innv_pattern.Patterns`) serve the pattern analyzers;
+    SmoothGrad's noise is 15% of the range of ``x``.
+    """
     spread = float(np.max(x) - np.min(x)) or 1.0
     kind = "relu" if patterns.has_type("relu") else "linear"
     chosen = {"patterns": patterns.for_type(kind), "pattern_type": kind}
@@ -149,10 +158,13 @@ def _digits(settings: DemoSettings, steps: _Steps, verbose: int) -> dict[str, An
 
 def _explain_digits(out: str, digits: dict[str, Any], settings: DemoSettings,
                     verbose: int) -> dict[str, Any]:
-    x, y, model = digits["x_test"], digits["y_test"], digits["model"]
+    """Analyses of the first test digits (kept for the degradation), a grid of one per class."""
+    x, y = (digits[k][:settings.degradation_samples] for k in ("x_test", "y_test"))
+    model = digits["model"]
+    digits["analyses"] = analyze_all(model, x, digits["patterns"], verbose, settings.analyzers)
     shown = np.concatenate([np.flatnonzero(y == d)[:1] for d in range(10)])[:settings.shown]
-    analyses = _analyze_all(model, x[shown], digits["patterns"], verbose)
-    fig = viz.plot_grid(x[shown], analyses, _labels(model, x[shown], y[shown], range(10)))
+    fig = viz.plot_grid(x[shown], {k: v[shown] for k, v in digits["analyses"].items()},
+                        _labels(model, x[shown], y[shown], range(10)))
     fig.savefig(os.path.join(out, "digits_grid.png"), dpi=72)
     return {"figure": "digits_grid.png", "test_accuracy": digits["accuracy"]}
 
@@ -177,8 +189,9 @@ def _ground_truth(out: str, settings: DemoSettings, steps: _Steps, verbose: int)
         model = _least_squares_model(gt.x, z)
         patterns = _fit_patterns(model, gt.x, "linear", verbose)
         shown = np.concatenate([np.flatnonzero(z == 1)[:2], np.flatnonzero(z == -1)[:1]])
-        methods = ("gradient", "guided_backprop", "pattern.net", "lrp.z", "pattern.attribution")
-        analyses = _analyze_all(model, gt.x[shown], patterns, verbose, methods)
+        methods = tuple(m for m in ("gradient", "guided_backprop", "pattern.net", "lrp.z",
+                                    "pattern.attribution") if m in settings.analyzers)
+        analyses = analyze_all(model, gt.x[shown], patterns, verbose, methods)
     predicted = model.predict(gt.x[shown], verbose=0)[:, 0]
     labels = [f"y = {t:+.0f}\noutput {p:+.2f}" for t, p in zip(z[shown], predicted)]
     references = {"true signal": gt.signal[shown], "distractor": gt.distractor[shown]}
@@ -257,7 +270,7 @@ def _photos(out: str, settings: DemoSettings, steps: _Steps, verbose: int) -> di
         patterns = _fit_patterns(model, x, "relu", verbose)
         x_new, y_new = photo_crops(len(PHOTOS) * 16, settings.photo_size, settings.seed + 1)
         shown = _structured(x_new, y_new)
-        analyses = _analyze_all(model, x_new[shown], patterns, verbose)
+        analyses = analyze_all(model, x_new[shown], patterns, verbose, settings.analyzers)
     labels = _labels(model, x_new[shown], y_new[shown], PHOTOS)
     viz.plot_grid(x_new[shown], analyses, labels).savefig(os.path.join(out, "photos_grid.png"),
                                                           dpi=72)
@@ -276,6 +289,51 @@ def _signal_quality(out: str, digits: dict[str, Any], steps: _Steps) -> dict[str
     fig = plot_signal_quality(rho, title="Signal-estimator quality per layer (digits CNN)")
     fig.savefig(os.path.join(out, "signal_quality.png"), dpi=80)
     return {"figure": "signal_quality.png", "rho": rho}
+
+
+def default_patch_size(side: int) -> int:
+    """The paper's 9x9 patches for images of 72 pixels or more, else ``side // 8`` (at least 1).
+
+    Example:
+        >>> default_patch_size(224), default_patch_size(16), default_patch_size(5)
+        (9, 2, 1)
+    """
+    return max(1, min(9, side // 8))
+
+
+def degradation(model: keras.Model, x: np.ndarray, analyses: dict[str, np.ndarray],
+                patch_size: int | None = None, verbose: int = 1) -> dict[str, Any]:
+    """Image degradation (Fig. 4a) for each analysis and the random order, at most 100 steps.
+
+    Returns:
+        ``{label: perturbation_curve(...)}``, ``"random"`` first.
+    """
+    from innv_pattern.evaluate import perturbation_curve
+
+    size = patch_size or default_patch_size(min(x.shape[1:3]))
+    steps = min(100, -(-x.shape[1] // size) * -(-x.shape[2] // size))
+    orders = {"random": "random", **analyses}
+    bar = keras.utils.Progbar(len(orders), unit_name="curve", verbose=verbose)
+    curves = {}
+    for i, (label, analysis) in enumerate(orders.items()):
+        curves[label] = perturbation_curve(model, analysis, x, patch_size=size, steps=steps)
+        bar.update(i + 1)
+    return curves
+
+
+def _degradation(out: str, digits: dict[str, Any], settings: DemoSettings, steps: _Steps,
+                 verbose: int) -> dict[str, Any]:
+    from innv_pattern.evaluate import plot_perturbation_curves
+
+    x = digits["x_test"][:settings.degradation_samples]
+    with steps.step(f"Image degradation of {len(x)} test digits, every analyzer and random order"):
+        curves = degradation(digits["model"], x, digits["analyses"], verbose=verbose)
+    fig = plot_perturbation_curves({viz.DISPLAY_NAMES.get(k, k): v for k, v in curves.items()},
+                                   title="Image degradation (digits CNN)")
+    fig.savefig(os.path.join(out, "degradation.png"), dpi=80)
+    return {"figure": "degradation.png", "patch_size": curves["random"]["patch_size"],
+            "aopc": {k: v["aopc"] for k, v in curves.items()},
+            "curves": {k: v["curve"].tolist() for k, v in curves.items()}}
 
 
 def _save_for_cli(out: str, digits: dict[str, Any]) -> dict[str, str]:
@@ -303,14 +361,15 @@ def run_demo(out: str = "demo_output", quick: bool = False, verbose: int = 1,
     """
     settings = settings or (QUICK if quick else DemoSettings())
     os.makedirs(out, exist_ok=True)
-    steps = _Steps(6, verbose)
+    steps = _Steps(7, verbose)
     results: dict[str, Any] = {"settings": dataclasses.asdict(settings)}
     digits = _digits(settings, steps, verbose)
-    with steps.step("Explaining test digits with every analyzer"):
+    with steps.step(f"Explaining {settings.degradation_samples} test digits with every analyzer"):
         results["digits"] = _explain_digits(out, digits, settings, verbose)
     results["ground_truth"] = _ground_truth(out, settings, steps, verbose)
     results["photos"] = _photos(out, settings, steps, verbose)
     results["signal_quality"] = _signal_quality(out, digits, steps)
+    results["degradation"] = _degradation(out, digits, settings, steps, verbose)
     results["files"] = _save_for_cli(out, digits)
     results["seconds"] = steps.seconds
     with open(os.path.join(out, "results.json"), "w") as f:
@@ -321,7 +380,7 @@ def run_demo(out: str = "demo_output", quick: bool = False, verbose: int = 1,
     return report
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     """A markdown table; floats with 3 decimals."""
     cell = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -338,7 +397,21 @@ def _rho_section(rho: dict[str, dict[str, float]]) -> str:
         "Patterns fitted on half of the training digits, v on the other half, rho measured on "
         "the test digits. The paper: random lowest, the filter S_w barely above it, the learned "
         "S_a and S_a+- far higher.\n\n"
-        + _table(["estimator"] + layers, rows) + "\n\n![rho per layer](signal_quality.png)\n")
+        + markdown_table(["estimator"] + layers, rows) + "\n\n![rho per layer](signal_quality.png)\n")
+
+
+def _degradation_section(result: dict[str, Any]) -> str:
+    rows = sorted(([viz.DISPLAY_NAMES.get(k, k), v] for k, v in result["aopc"].items()),
+                  key=lambda row: -row[1])
+    return (
+        "## Image degradation (Fig. 4a)\n\n"
+        f"Patches of {result['patch_size']}x{result['patch_size']} pixels, ranked by summed "
+        "analysis, are replaced one after the other by their mean; the curve is the softmax "
+        "probability of the initially predicted class. AOPC, the area over that curve, is "
+        "higher for a steeper decay (better). Analyses that are signed directions rather than "
+        "attributions (gradient, signals) rank patches by a sum that has no meaning of "
+        "contribution, so compare within the attribution group.\n\n"
+        + markdown_table(["analyzer", "AOPC"], rows) + "\n\n![degradation](degradation.png)\n")
 
 
 def render_report(results: dict[str, Any], out: str) -> str:
@@ -368,12 +441,14 @@ def render_report(results: dict[str, Any], out: str) -> str:
         f"{results['digits']['test_accuracy']:.1%}); patterns fitted on its training digits.\n",
         "![digits](digits_grid.png)\n",
         _rho_section(results["signal_quality"]["rho"]),
+        _degradation_section(results["degradation"]),
         "## Photos (qualitative)\n",
         f"A CNN telling 48x48 crops of scikit-image's sample photos apart (accuracy "
         f"{results['photos']['accuracy']:.1%} on new crops); one crop per photo.\n",
         "![photos](photos_grid.png)\n",
         "## Timings\n",
-        _table(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in results["seconds"].items()]) + "\n",
+        markdown_table(["step", "seconds"],
+                       [[k, f"{v:.1f}"] for k, v in results["seconds"].items()]) + "\n",
         "## Next: the other commands, on the files this demo wrote\n",
         "```bash",
         f"innv-pattern fit --model {files['model']} --data {files['data']} --out my.patterns.h5",

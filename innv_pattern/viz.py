@@ -12,9 +12,10 @@ Two ways of drawing, as in Fig. 1 and Fig. 5 of Kindermans et al. (2018):
 
 :func:`plot_grid` puts several inputs and analyzers side by side, grouped by
 what they show, as in Fig. 5; :func:`plot_toy` draws the linear toy example of
-Fig. 2. Plots of the evaluations (rho per layer, degradation curves) belong to
-:mod:`innv_pattern.evaluate`; :func:`plot_signal_quality` and
-:func:`plot_perturbation` forward to them. Everything returns numpy arrays or
+Fig. 2. The plots of the evaluations, rho per layer as Fig. 3
+(:func:`plot_signal_quality`) and degradation curves as Fig. 4a
+(:func:`plot_perturbation_curves`), live in :mod:`innv_pattern.evaluate` and
+are re-exported here. Everything returns numpy arrays or
 ``matplotlib.figure.Figure`` objects made without ``pyplot``: no global state,
 no window, any backend (``fig.savefig(path)`` to write a file).
 
@@ -39,9 +40,11 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from innv_pattern.evaluate import plot_perturbation_curves, plot_signal_quality
+
 __all__ = [
     "DISPLAY_NAMES", "KINDS", "draw", "heatmap", "input_image", "kind_of",
-    "plot_grid", "plot_perturbation", "plot_signal_quality", "plot_toy", "project",
+    "plot_grid", "plot_perturbation_curves", "plot_signal_quality", "plot_toy", "project",
 ]
 
 #: What each analyzer shows, after Fig. 1 of the paper.

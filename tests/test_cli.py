@@ -1,0 +1,284 @@
+"""The ``innv-pattern`` command on files it did not make: models saved by plain Keras code
+(.keras and .h5), .npy/.npz arrays and a folder of PNG images.
+
+A few runs go through a real subprocess (the installed console script's code path,
+``python -m innv_pattern.cli``); the full matrix of user errors runs in-process
+through :func:`innv_pattern.cli.main`, which is the same code without the ~10 s
+TensorFlow start-up per case.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from innv_pattern.cli import main
+
+SHAPE = (12, 12, 3)
+
+
+def _model(seed: int, name: str) -> keras.Model:
+    """Plain Keras code, as a user would write it."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input(SHAPE),
+        keras.layers.Conv2D(4, 3, activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(),
+        keras.layers.Dense(8, activation="relu"),
+        keras.layers.Dense(3, activation="softmax"),
+    ], name=name)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (48,) + SHAPE).astype("float32")
+    paths = {name: str(root / name) for name in
+             ("model.keras", "model.h5", "other.keras", "x.npy", "x.npz", "images", "one.png",
+              "dense.keras", "garbage.keras", "garbage.h5", "notes.txt")}
+    model = _model(0, "user_model")
+    model.save(paths["model.keras"])
+    model.save(paths["model.h5"])
+    _model(1, "other_model").save(paths["other.keras"])
+    keras.Sequential([keras.Input((5,)), keras.layers.Dense(2)]).save(paths["dense.keras"])
+    np.save(paths["x.npy"], x)
+    np.savez(paths["x.npz"], images=x, labels=np.zeros(len(x)))
+    os.makedirs(os.path.join(paths["images"], "sub"))
+    for i in range(6):
+        sub = "sub" if i % 2 else ""
+        Image.fromarray((x[i] * 255).astype("uint8")).save(
+            os.path.join(paths["images"], sub, f"img{i}.png"))
+    Image.fromarray((x[0] * 255).astype("uint8")).resize((30, 20)).save(paths["one.png"])
+    for name in ("garbage.keras", "garbage.h5", "notes.txt"):
+        Path(paths[name]).write_bytes(b"not what it claims to be" * 10)
+    paths["root"] = str(root)
+    return paths
+
+
+def _command() -> list[str]:
+    """The installed console script, else the module (same code)."""
+    script = Path(sys.executable).parent / "innv-pattern"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "innv_pattern.cli"]
+
+
+def _run(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([*_command(), *args], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=600)
+
+
+def _error_line(stderr: str) -> str:
+    """The command's own stderr lines (TensorFlow's start-up chatter removed)."""
+    lines = [line for line in stderr.splitlines() if line.startswith("innv-pattern")]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_fit_then_explain_in_a_subprocess(files, tmp_path):
+    patterns = str(tmp_path / "p.h5")
+    fit = _run("fit", "--model", files["model.keras"], "--data", files["x.npy"], "--out", patterns,
+               "--batch-size", "16")
+    assert fit.returncode == 0, fit.stderr
+    assert "Saved relu.positive+relu.negative patterns of 3 layers (48 samples)" in fit.stdout
+    out = str(tmp_path / "explained" / "one")
+    explain = _run("explain", "--model", files["model.h5"], "--patterns", patterns, "--method",
+                   "pattern.attribution", "--input", files["one.png"], "--scale", "1/255",
+                   "--out", out)
+    assert explain.returncode == 0, explain.stderr
+    analysis = np.load(out + ".npy")
+    assert analysis.shape == (1,) + SHAPE and np.isfinite(analysis).all()
+    assert Image.open(out + ".png").size[0] > 100
+
+
+@pytest.mark.slow
+def test_a_user_error_in_a_subprocess_is_one_line(files, tmp_path):
+    result = _run("explain", "--model", files["other.keras"], "--patterns", _fitted(files, tmp_path),
+                  "--method", "pattern.net", "--input", files["x.npy"], "--out", str(tmp_path / "o"))
+    assert result.returncode == 1
+    line = _error_line(result.stderr)
+    assert "do not fit model 'other_model'" in line
+
+
+def _fitted(files: dict[str, str], tmp_path: Path, *extra: str) -> str:
+    path = str(tmp_path / "fitted.h5")
+    if not os.path.exists(path):
+        assert main(["fit", "--model", files["model.keras"], "--data", files["x.npy"], "--out",
+                     path, *extra]) == 0
+    return path
+
+
+def test_fit_on_a_folder_of_png_images_with_an_h5_model(files, tmp_path, capsys):
+    out = str(tmp_path / "folder.h5")
+    assert main(["fit", "--model", files["model.h5"], "--data", files["images"], "--scale",
+                 "1/255", "--out", out, "--strategy", "mirrored", "--batch-size", "4"]) == 0
+    assert "(6 samples)" in capsys.readouterr().out
+
+
+def test_fit_resumes_and_merges_saved_statistics(files, tmp_path, capsys):
+    first = _fitted(files, tmp_path)
+    merged = str(tmp_path / "merged.h5")
+    assert main(["fit", "--model", files["model.keras"], "--data", files["x.npz"], "--key",
+                 "images", "--steps", "1", "--batch-size", "8", "--resume", first, "--out",
+                 merged]) == 0
+    out = capsys.readouterr().out
+    assert "Resuming from 48 samples" in out and "(56 samples)" in out
+
+
+def test_explain_every_method_on_npz_and_folder(files, tmp_path, capsys):
+    patterns = _fitted(files, tmp_path)
+    for method in ("lrp.epsilon", "pattern.net"):
+        extra = ["--patterns", patterns] if method.startswith("pattern") else []
+        out = str(tmp_path / method)
+        assert main(["explain", "--model", files["model.keras"], "--method", method, "--input",
+                     files["x.npz"], "--key", "images", "--out", out + ".png", *extra]) == 0
+        assert np.load(out + ".npy").shape == (48,) + SHAPE
+    assert "(figure: the first 16)" in capsys.readouterr().out
+    out = str(tmp_path / "folder")
+    assert main(["explain", "--model", files["model.keras"], "--method", "guided_backprop",
+                 "--input", files["images"], "--scale", "1/255", "--neuron", "2", "--out",
+                 out]) == 0
+    assert np.load(out + ".npy").shape == (6,) + SHAPE
+
+
+def test_explain_with_linear_and_relu_patterns(files, tmp_path):
+    both = str(tmp_path / "both.h5")
+    assert main(["fit", "--model", files["model.keras"], "--data", files["x.npy"], "--out", both,
+                 "--pattern-type", "linear+relu"]) == 0
+    out = str(tmp_path / "pa")
+    assert main(["explain", "--model", files["model.keras"], "--patterns", both, "--method",
+                 "pattern.attribution", "--input", files["x.npy"], "--out", out]) == 0
+
+
+def test_evaluate_writes_reports(files, tmp_path, capsys):
+    both = str(tmp_path / "both.h5")
+    assert main(["fit", "--model", files["model.keras"], "--data", files["x.npy"], "--out", both,
+                 "--pattern-type", "linear+relu"]) == 0
+    out = tmp_path / "evaluation"
+    assert main(["evaluate", "--model", files["model.keras"], "--patterns", both, "--data",
+                 files["x.npy"], "--out", str(out), "--samples", "8", "--methods", "gradient",
+                 "pattern.attribution"]) == 0
+    printed = capsys.readouterr().out
+    assert "two_component" in printed and "AOPC" in printed
+    report = json.loads((out / "evaluation.json").read_text())
+    assert set(report["signal_quality"]) == {"random", "filter", "linear", "two_component"}
+    assert set(report["degradation"]["aopc"]) == {"random", "gradient", "pattern.attribution"}
+    assert (out / "signal_quality.png").exists() and (out / "degradation.png").exists()
+
+
+def _errors(files: dict[str, str], fitted: str, other: str) -> list[tuple[list[str], str]]:
+    m, x = files["model.keras"], files["x.npy"]
+    explain = ["explain", "--model", m, "--method", "gradient", "--out", "/tmp/never"]
+    return [
+        (["fit", "--model", "missing.keras", "--data", x, "--out", "p.h5"],
+         "Model file 'missing.keras' does not exist"),
+        (["fit", "--model", m, "--data", "missing.npy", "--out", "p.h5"],
+         "Data 'missing.npy' does not exist"),
+        (["fit", "--model", files["notes.txt"], "--data", x, "--out", "p.h5"],
+         "must end in .keras or .h5"),
+        (["fit", "--model", files["garbage.keras"], "--data", x, "--out", "p.h5"],
+         "Could not load a Keras model"),
+        (["fit", "--model", files["garbage.h5"], "--data", x, "--out", "p.h5"],
+         "Could not load a Keras model"),
+        (["fit", "--model", m, "--data", x, "--out", "p.txt"], "--out must name an HDF5 file"),
+        (["fit", "--model", m, "--data", files["x.npz"], "--out", "p.h5"],
+         "say which one holds the inputs with --key"),
+        (["fit", "--model", m, "--data", files["x.npz"], "--key", "nope", "--out", "p.h5"],
+         "has no array 'nope'"),
+        (["fit", "--model", m, "--data", files["notes.txt"], "--out", "p.h5"],
+         "must be .npy or .npz"),
+        (["fit", "--model", m, "--data", files["garbage.keras"].replace("garbage.keras", "x.npy"),
+          "--resume", "missing.h5", "--out", "p.h5"], "Statistics file 'missing.h5' does not exist"),
+        (["fit", "--model", files["dense.keras"], "--data", x, "--out", "p.h5"],
+         "the model takes samples shaped (5)"),
+        (["fit", "--model", files["dense.keras"], "--data", files["images"], "--out", "p.h5"],
+         "need a model that takes images"),
+        (["fit", "--model", m, "--data", files["x.npz"], "--key", "labels", "--out", "p.h5"],
+         "the model takes samples shaped (12, 12, 3)"),
+        ([*explain, "--input", files["x.npy"], "--patterns", fitted],
+         "'gradient' does not use patterns"),
+        (["explain", "--model", m, "--method", "pattern.net", "--input", x, "--out", "o"],
+         "'pattern.net' needs --patterns P.h5"),
+        (["explain", "--model", m, "--method", "pattern.net", "--input", x, "--out", "o",
+          "--patterns", files["garbage.h5"]], "cannot be read as a pattern file"),
+        (["explain", "--model", files["other.keras"], "--method", "pattern.net", "--input", x,
+          "--out", "o", "--patterns", fitted], "do not fit model 'other_model'"),
+        (["explain", "--model", m, "--method", "pattern.net", "--input", x, "--out", "o",
+          "--patterns", "missing.h5"], "Pattern file 'missing.h5' does not exist"),
+        ([*explain, "--input", "missing.png"], "Input 'missing.png' does not exist"),
+        ([*explain, "--input", files["garbage.keras"].replace(".keras", ".h5")],
+         "must be .npy or .npz"),
+        ([*explain, "--input", x, "--neuron", "7"], "neuron_selection must be in [0, 3)"),
+        ([*explain, "--input", other], "holds no image"),
+        (["evaluate", "--model", m, "--patterns", fitted, "--data", "missing.npy"],
+         "Data 'missing.npy' does not exist"),
+    ]
+
+
+def test_every_user_error_is_one_line_and_a_non_zero_exit(files, tmp_path, capsys):
+    fitted = _fitted(files, tmp_path)
+    empty = tmp_path / "empty_folder"
+    empty.mkdir()
+    capsys.readouterr()
+    for argv, expected in _errors(files, fitted, str(empty)):
+        assert main(argv) == 1, argv
+        captured = capsys.readouterr()
+        line = _error_line(captured.err)
+        assert line.startswith("innv-pattern: error: ") and expected in line, (argv, line)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["explain", "--model", "m.keras", "--method", "nope", "--input", "x.npy", "--out", "o"],
+     "argument --method: invalid choice: 'nope'"),
+    (["fit", "--model", "m.keras", "--out", "p.h5"], "the following arguments are required: --data"),
+    (["fit", "--model", "m.keras", "--data", "x.npy", "--out", "p.h5", "--batch-size", "0"],
+     "expected a positive integer"),
+    (["fit", "--model", "m.keras", "--data", "x.npy", "--out", "p.h5", "--strategy", "tpu"],
+     "invalid choice: 'tpu'"),
+    (["explain", "--model", "m", "--method", "gradient", "--input", "x", "--out", "o",
+      "--scale", "1/0"], "--scale must be a number or a fraction"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ([], "the following arguments are required: COMMAND"),
+])
+def test_usage_errors_exit_2_with_one_line(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    line = _error_line(capsys.readouterr().err)
+    assert expected in line and "--help" in line
+
+
+def test_help_lists_the_four_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("demo", "fit", "explain", "evaluate"):
+        assert command in out
+
+
+@pytest.mark.slow
+def test_demo_quick_writes_figures_and_report(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--quick", "--out", "demo_out"]) == 0
+    assert "open 'demo_out/report.md'" in capsys.readouterr().out
+    out = tmp_path / "demo_out"
+    for name in ("digits_grid.png", "ground_truth.png", "photos_grid.png", "signal_quality.png",
+                 "degradation.png", "report.md", "results.json", "digits_cnn.keras",
+                 "digits_cnn.patterns.h5", "digits_test.npy"):
+        assert (out / name).exists(), name
+    report = (out / "report.md").read_text()
+    for figure in ("digits_grid", "ground_truth", "photos_grid", "signal_quality", "degradation"):
+        assert f"({figure}.png)" in report
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["signal_quality"]["rho"]) == {"random", "filter", "linear", "two_component"}
+    assert "random" in results["degradation"]["aopc"]
