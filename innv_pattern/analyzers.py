@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from innv_pattern.canonize import canonize
-from innv_pattern.rules import RULE_MAPS, bind
+from innv_pattern.rule_maps import RULE_MAPS, bind, warn_fallbacks
 
 __all__ = ["Analyzer", "create_analyzer", "list_analyzers", "register"]
 
@@ -100,6 +100,7 @@ class Analyzer:
         self._input_specs = [(self._graph.shapes[k], self._graph.dtypes[k]) for k in self._graph.inputs]
         self._lock = threading.Lock()
         self._build()
+        warn_fallbacks(self._graph, RULE_MAPS[self.rule_family], self.name)
 
     # -- set-up ------------------------------------------------------------
     def _build(self) -> None:

@@ -3,16 +3,28 @@
 A :class:`~innv_pattern.graph.Graph` becomes a list of canonical operations:
 
 * :class:`KernelOp`: the linear part of a kernel layer, ``linear(x, K) + b``
-  (Dense, Conv1D/2D/3D, DepthwiseConv, Conv transpose, each half of a separable
-  convolution), with a BatchNormalization that follows it folded into ``K``
-  and ``b``;
+  (Dense, Conv1D/2D/3D, DepthwiseConv1D/2D, Conv1D/2D/3DTranspose, each half
+  of a SeparableConv1D/2D), with a BatchNormalization that follows it folded
+  into ``K`` and ``b``;
 * :class:`ActivationOp`: an element-wise activation, split off the layer it was
-  fused into;
-* :class:`LayerOp`: any other layer, called as the model calls it.
+  fused into (activation layers and ``keras.ops`` activations too);
+* :class:`LayerOp`: any other layer or ``keras.ops`` call, called as the model
+  calls it, with its kind (:mod:`innv_pattern.kinds`): a BatchNormalization
+  with no kernel layer before it stays a ``diagonal`` (affine) layer, a
+  product with sigmoid gates (squeeze-and-excite) becomes a ``gate``.
 
 The model's final softmax is replaced by the identity, so analyses explain the
 pre-softmax output.  Kernels are read from the layer's variables at call time,
 so the rewrite follows later changes of the weights.
+
+Example:
+    >>> import keras
+    >>> inp = keras.Input((8, 8, 3))
+    >>> x = keras.layers.Conv2D(4, 3, use_bias=False)(inp)
+    >>> x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+    >>> graph = canonize(keras.Model(inp, x))
+    >>> [type(op).__name__ for op in graph.ops]
+    ['KernelOp', 'ActivationOp']
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
+from innv_pattern import kinds
 from innv_pattern.graph import Graph, Node, fresh_key
 
 __all__ = [
@@ -123,9 +136,18 @@ class ActivationOp(Op):
 
 @dataclasses.dataclass(eq=False)
 class LayerOp(Op):
-    """Any other layer, called exactly as the model calls it."""
+    """Any other layer or ``keras.ops`` call, called exactly as the model calls it.
+
+    Attributes:
+        node: The graph node of the call.
+        kind: What the layer computes (see :mod:`innv_pattern.kinds`).
+        gates: For kind ``gate``, the positions of the inputs that gate the
+            one other input.
+    """
 
     node: Node = None
+    kind: str = kinds.OTHER
+    gates: tuple[int, ...] = ()
 
     def forward(self, *xs: tf.Tensor) -> list[tf.Tensor]:
         return self.node.run(dict(zip(self.node.inputs, xs)))
@@ -171,44 +193,29 @@ def canonize(model: keras.Model, strip_softmax: bool = True) -> CanonicalGraph:
     shapes, dtypes = dict(graph.shapes), dict(graph.dtypes)
     for node in graph.nodes:
         ops.extend(_split(node, shapes, dtypes))
-    ops = _fold_batchnorm(ops, graph.outputs, shapes)
+    ops = _resolve_products(_fold_batchnorm(ops, graph.outputs, shapes))
     if strip_softmax:
         ops = [_strip_softmax(op, graph.outputs) for op in ops]
     return CanonicalGraph(graph.inputs, graph.outputs, ops, shapes, dtypes)
 
 
-def activation_name(fn: Any) -> str:
-    """Canonical name of a Keras activation function or activation layer."""
-    if isinstance(fn, keras.layers.ReLU):
-        if fn.max_value is None and not fn.negative_slope and not fn.threshold:
-            return "relu"
-        if fn.max_value == 6 and not fn.negative_slope and not fn.threshold:
-            return "relu6"
-        return "relu_custom"
-    if isinstance(fn, keras.layers.LeakyReLU):
-        return "leaky_relu"
-    if isinstance(fn, keras.layers.Softmax):
-        return "softmax"
-    if isinstance(fn, keras.layers.Activation):
-        return activation_name(fn.activation)
-    if fn is None:
-        return "linear"
-    return getattr(fn, "__name__", type(fn).__name__)
+_ACTIVATION_LAYERS = (keras.layers.Activation, keras.layers.ReLU, keras.layers.LeakyReLU,
+                      keras.layers.Softmax, keras.layers.ELU, keras.layers.PReLU)
 
 
 def _split(node: Node, shapes: dict, dtypes: dict) -> list[Op]:
     layer = node.layer
-    act_layers = (keras.layers.Activation, keras.layers.ReLU,
-                  keras.layers.LeakyReLU, keras.layers.Softmax)
-    if isinstance(layer, act_layers) and len(node.inputs) == 1:
-        fn = layer.call if not isinstance(layer, keras.layers.Activation) else layer.activation
+    activation = _activation_of(node)
+    if activation is not None:
         return [ActivationOp(node.name, layer, node.inputs, node.outputs,
-                             activation=activation_name(layer), fn=fn)]
+                             activation=activation, fn=_activation_fn(node))]
     if not isinstance(layer, KERNEL_LAYERS) or len(node.inputs) != 1:
-        return [LayerOp(node.name, layer, node.inputs, node.outputs, node=node)]
+        same = bool(node.inputs) and shapes[node.outputs[0]] == shapes[node.inputs[0]]
+        kind = kinds.layer_kind(layer, len(node.inputs), same)
+        return [LayerOp(node.name, layer, node.inputs, node.outputs, node=node, kind=kind)]
     kernel_ops = _kernel_ops(node)
     act = getattr(layer, "activation", None)
-    name = activation_name(act)
+    name = kinds.activation_name(act)
     if name == "linear":
         return kernel_ops
     # Split the fused activation off: the kernel op writes a fresh tensor.
@@ -218,6 +225,23 @@ def _split(node: Node, shapes: dict, dtypes: dict) -> list[Op]:
     kernel_ops[-1] = dataclasses.replace(last, outputs=(pre,))
     return kernel_ops + [ActivationOp(node.name + "/activation", layer, (pre,),
                                       node.outputs, activation=name, fn=act)]
+
+
+def _activation_of(node: Node) -> str | None:
+    """The activation name of an activation layer or ``keras.ops`` activation call."""
+    if len(node.inputs) != 1:
+        return None
+    if isinstance(node.layer, _ACTIVATION_LAYERS):
+        return kinds.activation_name(node.layer)
+    return kinds.operation_activation(node.layer)
+
+
+def _activation_fn(node: Node) -> Callable[[tf.Tensor], tf.Tensor]:
+    if isinstance(node.layer, keras.layers.Activation):
+        return node.layer.activation
+    if isinstance(node.layer, keras.layers.Layer):
+        return node.layer.call
+    return lambda x: node.run({node.inputs[0]: x})[0]
 
 
 def _channel_axis(layer: Any) -> int:
@@ -257,6 +281,8 @@ def _kernel_ops(node: Node) -> list[KernelOp]:
 def _linear_fn(layer: Any) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
     if isinstance(layer, keras.layers.Dense):
         return lambda x, k: keras.ops.matmul(x, k)
+    if isinstance(layer, _CONV) and layer.padding == "causal":
+        return _causal_conv(layer)
     if isinstance(layer, _CONV):
         return layer.convolution_op
     conv = dict(strides=layer.strides, padding=layer.padding,
@@ -265,6 +291,17 @@ def _linear_fn(layer: Any) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
         return lambda x, k: keras.ops.depthwise_conv(x, k, **conv)
     return lambda x, k: keras.ops.conv_transpose(
         x, k, output_padding=layer.output_padding, **conv)
+
+
+def _causal_conv(layer: Any) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """A causal Conv1D: left padding, then a 'valid' convolution (as Keras does)."""
+    left = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
+    time_axis = 1 if layer.data_format == "channels_last" else 2
+    pads = [[0, 0]] * 3
+    pads[time_axis] = [left, 0]
+    conv = dict(strides=list(layer.strides), padding="valid",
+                dilation_rate=layer.dilation_rate, data_format=layer.data_format)
+    return lambda x, k: keras.ops.conv(keras.ops.pad(x, pads), k, **conv)
 
 
 def _fold_batchnorm(ops: list[Op], outputs: list[int], shapes: dict) -> list[Op]:
@@ -289,8 +326,6 @@ def _fold_batchnorm(ops: list[Op], outputs: list[int], shapes: dict) -> list[Op]
 
 
 def _bn_axis_matches(bn: Any, kernel_op: KernelOp, rank: int) -> bool:
-    if isinstance(kernel_op.layer, _TRANSPOSE):
-        return False
     axis = bn.axis if isinstance(bn.axis, int) else (bn.axis[0] if len(bn.axis) == 1 else None)
     if axis is None:
         return False
@@ -301,6 +336,7 @@ def _folded(kernel_op: KernelOp, bn_op: Op) -> KernelOp:
     bn = bn_op.layer
     old_kernel, old_bias = kernel_op.get_kernel, kernel_op.get_bias
     depthwise = isinstance(kernel_op.layer, _DEPTHWISE) or kernel_op.name.endswith("/depthwise")
+    transpose = isinstance(kernel_op.layer, _TRANSPOSE)
 
     def scale() -> tf.Tensor:
         gamma = tf.convert_to_tensor(bn.gamma) if bn.scale else 1.0
@@ -311,6 +347,8 @@ def _folded(kernel_op: KernelOp, bn_op: Op) -> KernelOp:
         s = scale()
         if depthwise:  # kernel (..., in, multiplier); output channel = in * multiplier
             s = tf.reshape(s, k.shape[-2:])
+        elif transpose:  # kernel (..., out, in)
+            s = tf.reshape(s, (-1, 1))
         return k * s
 
     def bias() -> tf.Tensor:
@@ -321,6 +359,30 @@ def _folded(kernel_op: KernelOp, bn_op: Op) -> KernelOp:
 
     return dataclasses.replace(kernel_op, outputs=bn_op.outputs, get_kernel=kernel,
                                get_bias=bias, name=kernel_op.name)
+
+
+def _resolve_products(ops: list[Op]) -> list[Op]:
+    """Products of one signal and sigmoid gates become ``gate`` ops, others ``other``."""
+    producer = {key: op for op in ops for key in op.outputs}
+    result: list[Op] = []
+    for op in ops:
+        if isinstance(op, LayerOp) and op.kind == kinds.PRODUCT:
+            gates = tuple(i for i, key in enumerate(op.inputs) if _is_gate(key, producer))
+            if len(op.inputs) - len(gates) == 1:
+                op = dataclasses.replace(op, kind=kinds.GATE, gates=gates)
+            else:
+                op = dataclasses.replace(op, kind=kinds.OTHER)
+        result.append(op)
+    return result
+
+
+def _is_gate(key: int, producer: dict[int, Op]) -> bool:
+    """``key`` is a sigmoid's output, maybe reshaped or scaled."""
+    op = producer.get(key)
+    while (isinstance(op, LayerOp) and op.kind in (kinds.ROUTING, kinds.DIAGONAL)
+           and len(op.inputs) == 1):
+        op = producer.get(op.inputs[0])
+    return isinstance(op, ActivationOp) and op.activation in kinds.GATE_ACTIVATIONS
 
 
 def _strip_softmax(op: Op, outputs: list[int]) -> Op:

@@ -1,7 +1,8 @@
 """Keras 3 graph walking.
 
 This is the only module that touches private Keras attributes
-(``_nodes_by_depth``, ``_keras_history``, ``Node.arguments``).  It flattens a
+(``_nodes_by_depth``, ``Node.arguments``) and private Keras classes (the
+custom layers of ``keras.applications``).  It flattens a
 functional or ``Sequential`` model, nested models included, into a list of
 :class:`Node` objects in topological order, with every tensor named by an
 integer key, and runs that list on real tensors.
@@ -24,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 import keras
 
-__all__ = ["Graph", "Node", "model_layers"]
+__all__ = ["Graph", "Node", "application_layer_kind", "model_layers", "operation_name"]
 
 _fresh_keys = itertools.count(1 << 40)
 
@@ -229,3 +230,33 @@ def model_layers(model: keras.Model) -> list[Any]:
     for node in Graph.from_model(model).nodes:
         seen.setdefault(id(node.layer), node.layer)
     return list(seen.values())
+
+
+def operation_name(layer: Any) -> str | None:
+    """The class name of a ``keras.ops`` call recorded in a functional graph.
+
+    ``x * 2``, ``inputs + y`` or ``keras.ops.relu(x)`` on symbolic tensors
+    become graph nodes whose operation is not a layer: their class names
+    (``"Multiply"``, ``"Add"``, ``"Relu"``) say what they compute.  Returns
+    ``None`` for a layer.
+    """
+    if isinstance(layer, keras.layers.Layer) or not isinstance(layer, keras.Operation):
+        return None
+    return type(layer).__name__
+
+
+def application_layer_kind(layer: Any) -> str | None:
+    """What a private custom layer of ``keras.applications`` computes at inference.
+
+    Returns ``"channel_scale"`` for ConvNeXt's ``LayerScale`` (``x * gamma``),
+    ``"identity"`` for its ``StochasticDepth``, else ``None``.
+    """
+    try:
+        from keras.src.applications import convnext
+    except ImportError:  # a Keras without ConvNeXt
+        return None
+    if isinstance(layer, getattr(convnext, "LayerScale", ())):
+        return "channel_scale"
+    if isinstance(layer, getattr(convnext, "StochasticDepth", ())):
+        return "identity"
+    return None

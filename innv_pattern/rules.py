@@ -4,57 +4,59 @@ A rule is called like the operation it is bound to (``rule(*xs) -> outputs``)
 and computes the same forward values; what it changes is the backward pass,
 through ``tf.custom_gradient``.  An analysis is then a single
 ``tape.gradient`` through the bound rules, so the reverse pass costs what an
-ordinary backward pass costs.  Which rule goes to which operation is data: a
-:data:`RuleMap` is a list of ``(predicate, rule_class)`` pairs, first match
-wins (see :func:`bind`).
+ordinary backward pass costs.  Which rule goes to which operation is data:
+see :mod:`innv_pattern.rule_maps`.
+
+Several rules back-propagate through a *linearization* of their operation
+(:func:`linearization`): a kernel layer's bias-free linear part, a gate product
+with its gates held constant, a LayerNormalization with its standard deviation
+held constant, and any other operation as it is.
 
 Example:
     >>> import keras, numpy as np, tensorflow as tf
     >>> from innv_pattern.canonize import canonize
-    >>> from innv_pattern.rules import RULE_MAPS, bind
     >>> inp = keras.Input((3,))
-    >>> graph = canonize(keras.Model(inp, keras.layers.Dense(2)(inp)))
-    >>> rules = bind(graph, RULE_MAPS["lrp.z"], {})
-    >>> type(rules[graph.ops[0].name]).__name__
-    'ZRule'
+    >>> model = keras.Model(inp, keras.layers.Dense(1, use_bias=False)(inp))
+    >>> rule = ZRule(canonize(model).ops[0], {})
+    >>> x = tf.constant([[1.0, 2.0, 3.0]])
+    >>> with tf.GradientTape() as tape:
+    ...     tape.watch(x)
+    ...     z = rule(x)[0]
+    >>> relevance = tape.gradient(z, x, output_gradients=z)  # LRP-z conserves z
+    >>> bool(np.isclose(relevance.numpy().sum(), z.numpy().sum(), rtol=1e-5))
+    True
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from innv_pattern.canonize import ActivationOp, CanonicalGraph, KernelOp, LayerOp, Op
+from innv_pattern import kinds
+from innv_pattern.canonize import KernelOp, LayerOp, Op
 
 __all__ = [
-    "RULE_MAPS",
-    "GradientRule",
     "DeconvReLURule",
+    "GradientRule",
     "GuidedReLURule",
+    "LinearizedRule",
+    "ModifiedRule",
     "PassRule",
-    "ZRule",
     "PatternRule",
-    "UnsupportedLayerError",
-    "bind",
+    "Rule",
+    "ZRule",
+    "linearization",
 ]
 
 
-class UnsupportedLayerError(ValueError):
-    """The model has layers that an analyzer has no reverse rule for."""
-
-
-# --------------------------------------------------------------------------
-# The rules.
-# --------------------------------------------------------------------------
 class Rule:
     """Base rule: the operation's own forward pass and ordinary gradient.
 
     Args:
         op: The canonical operation the rule is bound to.
-        options: Analyzer options (``epsilon``, ``patterns``, ...).
+        options: Analyzer options (``epsilon``, ``patterns``, ``attribution``).
     """
 
     def __init__(self, op: Op, options: Mapping[str, Any]) -> None:
@@ -68,48 +70,60 @@ class GradientRule(Rule):
     """Plain back-propagation (the gradient)."""
 
 
-class _ElementwiseBackward(Rule):
-    """A single-input rule whose backward is ``backward(x, y, g)``."""
+class ModifiedRule(Rule):
+    """A rule with the forward pass of its op and the backward pass :meth:`backward`."""
 
-    def backward(self, x: tf.Tensor, y: tf.Tensor, g: tf.Tensor) -> tf.Tensor:
+    def backward(self, xs: tuple[tf.Tensor, ...], y: tf.Tensor, g: tf.Tensor) -> list[tf.Tensor]:
+        """The reverse signals of the inputs ``xs``, given output ``y`` and its signal ``g``."""
         raise NotImplementedError
 
     def __call__(self, *xs: tf.Tensor) -> list[tf.Tensor]:
-        @tf.custom_gradient
-        def apply(x: tf.Tensor) -> Any:
-            y = self.op.forward(x)[0]
-            return y, lambda g: self.backward(x, y, g)
-
-        return [apply(xs[0])]
+        return [_with_backward(lambda *v: self.op.forward(*v)[0], self.backward, xs)]
 
 
-class DeconvReLURule(_ElementwiseBackward):
-    """DeConvNet: the ReLU rectifies the reverse signal, ignoring the forward mask."""
+class DeconvReLURule(ModifiedRule):
+    """DeConvNet: the ReLU rectifies the reverse signal, ignoring the forward pass."""
 
-    def backward(self, x: tf.Tensor, y: tf.Tensor, g: tf.Tensor) -> tf.Tensor:
-        return tf.nn.relu(g)
-
-
-class GuidedReLURule(_ElementwiseBackward):
-    """Guided BackProp: the gradient's mask and the DeConvNet rectification."""
-
-    def backward(self, x: tf.Tensor, y: tf.Tensor, g: tf.Tensor) -> tf.Tensor:
-        return tf.nn.relu(g) * tf.cast(x > 0, g.dtype)
+    def backward(self, xs: tuple, y: tf.Tensor, g: tf.Tensor) -> list[tf.Tensor]:
+        return [tf.nn.relu(g)]
 
 
-class PassRule(_ElementwiseBackward):
+class GuidedReLURule(ModifiedRule):
+    """Guided BackProp: the rectified reverse signal times the activation's derivative.
+
+    For a ReLU the derivative is its mask ``x > 0`` (Springenberg et al.); other
+    rectifiers (ReLU6, leaky ReLU, ELU, GELU, swish) use their own derivative.
+    """
+
+    def backward(self, xs: tuple, y: tf.Tensor, g: tf.Tensor) -> list[tf.Tensor]:
+        return _vjp(lambda v: self.op.forward(v)[0], xs, tf.nn.relu(g))
+
+
+class PassRule(ModifiedRule):
     """LRP: relevance passes an element-wise activation unchanged."""
 
-    def backward(self, x: tf.Tensor, y: tf.Tensor, g: tf.Tensor) -> tf.Tensor:
-        return g
+    def backward(self, xs: tuple, y: tf.Tensor, g: tf.Tensor) -> list[tf.Tensor]:
+        return [g]
 
 
-class ZRule(Rule):
-    """LRP-z / LRP-epsilon for any affine operation ``z = f(x1, ..., xn)``.
+class LinearizedRule(ModifiedRule):
+    """Back-propagation through the operation's :func:`linearization`.
+
+    Gates and normalization statistics are held constant, as back-propagation
+    through a ReLU holds its mask constant.
+    """
+
+    def backward(self, xs: tuple, y: tf.Tensor, g: tf.Tensor) -> list[tf.Tensor]:
+        return _vjp(linearization(self.op), xs, g)
+
+
+class ZRule(ModifiedRule):
+    """LRP-z / LRP-epsilon for any operation affine in its :func:`linearization`.
 
     ``R_i = x_i * J_i^T (R / (z + epsilon * sign(z)))``, the bias absorbing its
     share (iNNvestigate's convention).  ``epsilon = 0`` is LRP-z, where
-    ``z == 0`` gives zero relevance instead of NaN.
+    ``z == 0`` gives zero relevance instead of NaN.  At an ``Add`` this splits
+    relevance in proportion to each input's contribution ``x_i / z``.
     """
 
     def __init__(self, op: Op, options: Mapping[str, Any]) -> None:
@@ -122,21 +136,9 @@ class ZRule(Rule):
             z = z + tf.where(z >= 0, self.epsilon, -self.epsilon)
         return tf.math.divide_no_nan(g, z)
 
-    def __call__(self, *xs: tf.Tensor) -> list[tf.Tensor]:
-        linear = _affine_and_linear(self.op)
-
-        @tf.custom_gradient
-        def apply(*xs: tf.Tensor) -> Any:
-            z = linear[0](*xs)
-
-            def grad(g: tf.Tensor, variables: Any = None) -> Any:
-                grads = _vjp(linear[1], xs, self._divide(g, z))
-                grads = [x * gx for x, gx in zip(xs, grads)]
-                return (grads, [None] * len(variables or [])) if variables else grads
-
-            return z, grad
-
-        return [apply(*xs)]
+    def backward(self, xs: tuple, y: tf.Tensor, g: tf.Tensor) -> list[tf.Tensor]:
+        grads = _vjp(linearization(self.op), xs, self._divide(g, y))
+        return [x * gx for x, gx in zip(xs, grads)]
 
 
 class PatternRule(Rule):
@@ -150,38 +152,76 @@ class PatternRule(Rule):
     def __init__(self, op: Op, options: Mapping[str, Any]) -> None:
         super().__init__(op, options)
         patterns = options.get("patterns")
-        self.pattern = None if patterns is None else np.asarray(patterns[op.pattern_key])
+        # An eager tensor: a compiled analysis captures it instead of embedding a copy.
+        self.pattern = None if patterns is None else tf.convert_to_tensor(
+            np.asarray(patterns[op.pattern_key], np.float32))
         self.attribution = bool(options.get("attribution", False))
 
     def __call__(self, *xs: tf.Tensor) -> list[tf.Tensor]:
         op: KernelOp = self.op
         kernel = op.get_kernel()
-        bias = op.get_bias()
-        pattern = tf.constant(self.pattern, dtype=kernel.dtype)
+        pattern = tf.cast(self.pattern, kernel.dtype)
         swapped = kernel * pattern if self.attribution else pattern
 
-        @tf.custom_gradient
-        def apply(x: tf.Tensor) -> Any:
-            y = op.linear(x, kernel)
-            if bias is not None:
-                y = y + op.broadcast_bias(bias)
-            return y, lambda g: _vjp(lambda v: op.linear(v, swapped), [x], g)[0]
+        def backward(xs: tuple, y: tf.Tensor, g: tf.Tensor) -> list[tf.Tensor]:
+            return _vjp(lambda v: op.linear(v, swapped), xs, g)
 
-        return [apply(xs[0])]
+        return [_with_backward(lambda x: op.forward(x)[0], backward, xs)]
 
 
-def _affine_and_linear(op: Op) -> tuple[Callable, Callable]:
-    """``(z(*xs), linear(*xs))``: the op with and without its bias."""
+def linearization(op: Op) -> Callable[..., tf.Tensor]:
+    """The function of ``op``'s inputs whose Jacobian the modified rules use.
+
+    A kernel op's linear part (without bias); a ``gate`` product with its gate
+    inputs held constant; a ``layer_norm`` with its mean subtracted but its
+    standard deviation held constant (Ali et al., 2022); any other op itself.
+    """
     if isinstance(op, KernelOp):
-        kernel, bias = op.get_kernel(), op.get_bias()
+        kernel = op.get_kernel()
+        return lambda x: op.linear(x, kernel)
+    if isinstance(op, LayerOp) and op.kind == kinds.GATE:
+        return lambda *xs: _product([tf.stop_gradient(x) if i in op.gates else x
+                                     for i, x in enumerate(xs)])
+    if isinstance(op, LayerOp) and op.kind == kinds.LAYER_NORM:
+        return lambda x: _layer_norm_constant_std(op.layer, x)
+    return lambda *xs: op.forward(*xs)[0]
 
-        def affine(x: tf.Tensor) -> tf.Tensor:
-            y = op.linear(x, kernel)
-            return y if bias is None else y + op.broadcast_bias(bias)
 
-        return affine, lambda x: op.linear(x, kernel)
-    forward = lambda *xs: op.forward(*xs)[0]  # noqa: E731
-    return forward, forward
+def _product(xs: list[tf.Tensor]) -> tf.Tensor:
+    result = xs[0]
+    for x in xs[1:]:
+        result = result * x
+    return result
+
+
+def _layer_norm_constant_std(layer: Any, x: tf.Tensor) -> tf.Tensor:
+    """Keras' LayerNormalization without ``beta``, the standard deviation held constant."""
+    rank = len(x.shape)
+    axes = sorted(a % rank for a in (layer.axis if isinstance(layer.axis, (list, tuple))
+                                     else [layer.axis]))
+    mean, variance = tf.nn.moments(x, axes, keepdims=True)
+    inv = tf.stop_gradient(tf.math.rsqrt(variance + layer.epsilon))
+    y = x * inv if layer.rms_scaling else (x - mean) * inv
+    if layer.gamma is not None:
+        shape = [x.shape[a] if a in axes else 1 for a in range(rank)]
+        y = y * tf.reshape(tf.cast(layer.gamma, y.dtype), shape)
+    return y
+
+
+def _with_backward(forward: Callable[..., tf.Tensor], backward: Callable, xs: tuple) -> tf.Tensor:
+    """``forward(*xs)``, whose gradient is ``backward(xs, y, g)``; variables get none."""
+
+    @tf.custom_gradient
+    def apply(*xs: tf.Tensor) -> Any:
+        y = forward(*xs)
+
+        def grad(g: tf.Tensor, variables: Any = None) -> Any:
+            grads = backward(xs, y, g)
+            return (grads, [None] * len(variables)) if variables else grads
+
+        return y, grad
+
+    return apply(*xs)
 
 
 def _vjp(fn: Callable, xs: list[tf.Tensor] | tuple, g: tf.Tensor) -> list[tf.Tensor]:
@@ -191,111 +231,3 @@ def _vjp(fn: Callable, xs: list[tf.Tensor] | tuple, g: tf.Tensor) -> list[tf.Ten
         y = fn(*xs)
     grads = tape.gradient(y, list(xs), output_gradients=g)
     return [tf.zeros_like(x) if gx is None else gx for x, gx in zip(xs, grads)]
-
-
-# --------------------------------------------------------------------------
-# Which layers each rule family may be bound to.
-# --------------------------------------------------------------------------
-L = keras.layers
-ROUTING_LAYERS = (
-    L.InputLayer, L.Flatten, L.Reshape, L.Permute, L.Dropout, L.SpatialDropout1D,
-    L.SpatialDropout2D, L.SpatialDropout3D, L.GaussianDropout, L.GaussianNoise,
-    L.AlphaDropout, L.ActivityRegularization, L.ZeroPadding1D, L.ZeroPadding2D,
-    L.ZeroPadding3D, L.Cropping1D, L.Cropping2D, L.Cropping3D, L.Concatenate,
-    L.Identity, L.UpSampling1D, L.UpSampling2D, L.UpSampling3D, L.RepeatVector,
-)
-MAX_LAYERS = (
-    L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.GlobalMaxPooling1D,
-    L.GlobalMaxPooling2D, L.GlobalMaxPooling3D, L.Maximum,
-)
-AFFINE_LAYERS = (
-    L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
-    L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
-    L.Add, L.Subtract, L.Average, L.BatchNormalization, L.Rescaling, L.Normalization,
-)
-RELU_LIKE = ("relu", "linear")
-
-
-def is_kernel(op: Op) -> bool:
-    return isinstance(op, KernelOp)
-
-
-def is_relu(op: Op) -> bool:
-    return isinstance(op, ActivationOp) and op.activation == "relu"
-
-
-def is_activation(op: Op) -> bool:
-    return isinstance(op, ActivationOp) and op.activation in RELU_LIKE
-
-
-def is_routing(op: Op) -> bool:
-    return isinstance(op, LayerOp) and isinstance(op.layer, ROUTING_LAYERS + MAX_LAYERS)
-
-
-def is_affine(op: Op) -> bool:
-    return isinstance(op, LayerOp) and isinstance(op.layer, AFFINE_LAYERS)
-
-
-def any_op(op: Op) -> bool:
-    return True
-
-
-RuleMap = list[tuple[Callable[[Op], bool], type[Rule]]]
-
-_STRICT_TAIL: RuleMap = [
-    (is_kernel, GradientRule),
-    (is_activation, GradientRule),
-    (is_routing, GradientRule),
-    (is_affine, GradientRule),
-]
-_LRP: RuleMap = [
-    (is_kernel, ZRule),
-    (is_affine, ZRule),
-    (is_activation, PassRule),
-    (is_routing, GradientRule),
-]
-
-#: Rule maps by analyzer family; an op no predicate accepts is unsupported.
-RULE_MAPS: dict[str, RuleMap] = {
-    "gradient": [(any_op, GradientRule)],
-    "deconvnet": [(is_relu, DeconvReLURule)] + _STRICT_TAIL,
-    "guided_backprop": [(is_relu, GuidedReLURule)] + _STRICT_TAIL,
-    "lrp.z": _LRP,
-    "pattern": [(is_kernel, PatternRule)] + _STRICT_TAIL,
-}
-
-
-def bind(graph: CanonicalGraph, rule_map: RuleMap, options: Mapping[str, Any]) -> dict[str, Rule]:
-    """Binds one rule to every op of ``graph``, first match in ``rule_map``.
-
-    Raises:
-        UnsupportedLayerError: naming every op that no entry accepts.
-    """
-    bound: dict[str, Rule] = {}
-    missing: list[Op] = []
-    for op in graph.ops:
-        rule = next((cls for pred, cls in rule_map if pred(op)), None)
-        if rule is None:
-            missing.append(op)
-        else:
-            bound[op.name] = rule(op, options)
-    if missing:
-        raise UnsupportedLayerError(_unsupported_message(missing))
-    return bound
-
-
-def _unsupported_message(missing: list[Op]) -> str:
-    found = ", ".join(
-        f"'{op.layer.name}' ({type(op.layer).__name__}"
-        + (f", activation={op.activation}" if isinstance(op, ActivationOp) else "")
-        + ")"
-        for op in missing
-    )
-    layers = sorted({c.__name__ for c in ROUTING_LAYERS + MAX_LAYERS + AFFINE_LAYERS})
-    return (
-        f"The model has {len(missing)} layer(s) this analyzer has no reverse rule "
-        f"for: {found}. Supported: Dense, Conv1D/2D/3D, DepthwiseConv1D/2D, "
-        f"SeparableConv1D/2D, Conv1D/2D/3DTranspose, activations {list(RELU_LIKE)}, "
-        f"and {', '.join(layers)}. The 'gradient' family of analyzers accepts any "
-        "differentiable layer."
-    )

@@ -1,0 +1,228 @@
+"""Which reverse rule each analyzer family binds to which operation: data.
+
+A :class:`RuleMap` is a sequence of :class:`Entry` (predicate, rule class, and a
+note where the rule is a fallback: an approximation outside the theory of the
+method, which assumes a network of kernel layers, ReLUs, pooling and sums).
+The first entry whose predicate accepts an operation wins; an operation that
+no entry accepts makes :func:`bind` raise :class:`UnsupportedLayerError`
+naming every such layer before any work starts, and an analyzer warns once,
+naming the layers, when it falls back (:func:`warn_fallbacks`).
+
+Example:
+    >>> import keras
+    >>> from innv_pattern.canonize import canonize
+    >>> inp = keras.Input((3,))
+    >>> graph = canonize(keras.Model(inp, keras.layers.Dense(2)(inp)))
+    >>> rules = bind(graph, RULE_MAPS["lrp.z"], {})
+    >>> type(rules[graph.ops[0].name]).__name__
+    'ZRule'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any, Callable, Mapping, NamedTuple
+
+from innv_pattern import kinds
+from innv_pattern.canonize import ActivationOp, CanonicalGraph, KernelOp, LayerOp, Op
+from innv_pattern.rules import (DeconvReLURule, GradientRule, GuidedReLURule, LinearizedRule,
+                                PassRule, PatternRule, Rule, ZRule)
+
+__all__ = ["RULE_MAPS", "Entry", "FallbackWarning", "RuleMap", "UnsupportedLayerError",
+           "bind", "fallbacks", "warn_fallbacks"]
+
+
+class UnsupportedLayerError(ValueError):
+    """The model has layers that an analyzer has no reverse rule for."""
+
+
+class FallbackWarning(UserWarning):
+    """An analyzer uses an approximate rule for some layers of the model."""
+
+
+class Entry(NamedTuple):
+    """One line of a rule map: ops that ``accepts`` get ``rule``; ``fallback`` says how it approximates."""
+
+    accepts: Callable[[Op], bool]
+    rule: type[Rule]
+    fallback: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleMap:
+    """An analyzer family's entries, first match wins.
+
+    Attributes:
+        entries: The entries, in order.
+        refusal: Why an op that no entry accepts has no rule (for the error).
+    """
+
+    entries: tuple[Entry, ...]
+    refusal: str = ""
+
+    def match(self, op: Op) -> Entry | None:
+        """The first entry that accepts ``op``."""
+        return next((entry for entry in self.entries if entry.accepts(op)), None)
+
+
+# --------------------------------------------------------------------------
+# Predicates.
+# --------------------------------------------------------------------------
+def any_op(op: Op) -> bool:
+    return True
+
+
+def is_kernel(op: Op) -> bool:
+    return isinstance(op, KernelOp)
+
+
+def is_relu(op: Op) -> bool:
+    return isinstance(op, ActivationOp) and op.activation == "relu"
+
+
+def is_linear(op: Op) -> bool:
+    return isinstance(op, ActivationOp) and op.activation == "linear"
+
+
+def is_relu_or_linear(op: Op) -> bool:
+    return is_relu(op) or is_linear(op)
+
+
+def is_rectifier(op: Op) -> bool:
+    return isinstance(op, ActivationOp) and op.activation in kinds.RECTIFIERS
+
+
+def is_elementwise(op: Op) -> bool:
+    return isinstance(op, ActivationOp) and op.activation in kinds.ELEMENTWISE
+
+
+def of_kind(*names: str) -> Callable[[Op], bool]:
+    """A predicate: a :class:`LayerOp` of one of the kinds ``names``."""
+    return lambda op: isinstance(op, LayerOp) and op.kind in names
+
+
+def has_no_weights(op: Op) -> bool:
+    return not getattr(op.layer, "weights", None)
+
+
+# --------------------------------------------------------------------------
+# The maps.
+# --------------------------------------------------------------------------
+_LINEAR_KINDS = (kinds.ROUTING, kinds.MAX, kinds.AFFINE, kinds.DIAGONAL)
+
+
+def _modified_relu(rule: type[Rule]) -> RuleMap:
+    """DeConvNet and Guided BackProp: a modified gradient at the rectifiers."""
+    return RuleMap((
+        Entry(is_relu, rule),
+        Entry(is_kernel, GradientRule),
+        Entry(is_linear, GradientRule),
+        Entry(of_kind(*_LINEAR_KINDS), GradientRule),
+        Entry(is_rectifier, rule, "treated as a ReLU"),
+        Entry(any_op, GradientRule, "plain gradient"),
+    ))
+
+
+_LRP = RuleMap((
+    Entry(is_kernel, ZRule),
+    Entry(of_kind(kinds.AFFINE, kinds.DIAGONAL), ZRule),
+    Entry(of_kind(kinds.ROUTING, kinds.MAX), GradientRule),
+    Entry(is_relu_or_linear, PassRule),
+    Entry(is_elementwise, PassRule, "relevance passed through unchanged, as at a ReLU"),
+    Entry(of_kind(kinds.GATE), ZRule,
+          "gates held constant: the gated input gets all the relevance"),
+    Entry(of_kind(kinds.LAYER_NORM), ZRule,
+          "z-rule with the standard deviation held constant (Ali et al., 2022)"),
+), refusal="LRP needs every layer to be affine or element-wise: recurrent, attention, "
+           "Lambda and custom layers, and products of tensors other than sigmoid gates, "
+           "are not.")
+
+# Linear layers without a fitted pattern (Add, average pooling, an unfolded
+# BatchNormalization, Rescaling) back-propagate their gradient, as in iNNvestigate:
+# the copy at an Add only stays consistent with gradients along each branch.
+_PATTERN = RuleMap((
+    Entry(is_kernel, PatternRule),
+    Entry(is_relu_or_linear, GradientRule),
+    Entry(of_kind(*_LINEAR_KINDS), GradientRule),
+    Entry(is_elementwise, GradientRule, "the activation's gradient"),
+    Entry(of_kind(kinds.GATE), LinearizedRule, "gates held constant, as a ReLU's mask"),
+    Entry(of_kind(kinds.LAYER_NORM), LinearizedRule, "the standard deviation held constant"),
+    Entry(has_no_weights, GradientRule, "plain gradient"),
+), refusal="Pattern analyzers fit patterns for Dense and convolution kernels only, so a "
+           "layer with other weights (recurrent, attention, EinsumDense, custom) has no "
+           "pattern.")
+
+#: Rule maps by analyzer family; an op no entry accepts is unsupported.
+RULE_MAPS: dict[str, RuleMap] = {
+    "gradient": RuleMap((Entry(any_op, GradientRule),)),
+    "deconvnet": _modified_relu(DeconvReLURule),
+    "guided_backprop": _modified_relu(GuidedReLURule),
+    "lrp.z": _LRP,
+    "pattern": _PATTERN,
+}
+
+
+# --------------------------------------------------------------------------
+# Binding.
+# --------------------------------------------------------------------------
+def bind(graph: CanonicalGraph, rule_map: RuleMap, options: Mapping[str, Any]) -> dict[str, Rule]:
+    """Binds one rule to every op of ``graph``, first match in ``rule_map``.
+
+    Raises:
+        UnsupportedLayerError: naming every op that no entry accepts.
+    """
+    bound: dict[str, Rule] = {}
+    missing: list[Op] = []
+    for op in graph.ops:
+        entry = rule_map.match(op)
+        if entry is None:
+            missing.append(op)
+        else:
+            bound[op.name] = entry.rule(op, options)
+    if missing:
+        raise UnsupportedLayerError(_unsupported_message(missing, rule_map.refusal))
+    return bound
+
+
+def fallbacks(graph: CanonicalGraph, rule_map: RuleMap) -> dict[str, list[str]]:
+    """The ops bound to a fallback rule, ``{note: ["'name' (what)", ...]}``."""
+    found: dict[str, list[str]] = {}
+    for op in graph.ops:
+        entry = rule_map.match(op)
+        if entry is not None and entry.fallback is not None:
+            found.setdefault(entry.fallback, []).append(describe(op))
+    return found
+
+
+def warn_fallbacks(graph: CanonicalGraph, rule_map: RuleMap, analyzer: str,
+                   stacklevel: int = 4) -> None:
+    """Warns once, naming the layers, if ``analyzer`` falls back anywhere in ``graph``."""
+    found = fallbacks(graph, rule_map)
+    if not found:
+        return
+    lines = [f"  - {note}: {', '.join(ops)}" for note, ops in found.items()]
+    warnings.warn(
+        f"Analyzer '{analyzer}' is defined for networks of kernel layers, ReLUs, pooling "
+        f"and sums; this model has {sum(map(len, found.values()))} layer(s) it handles "
+        "approximately:\n" + "\n".join(lines), FallbackWarning, stacklevel=stacklevel)
+
+
+def describe(op: Op) -> str:
+    """``'name' (LayerClass[, activation=...])``, as messages name a layer."""
+    extra = f", activation={op.activation}" if isinstance(op, ActivationOp) else ""
+    return f"'{op.name}' ({type(op.layer).__name__}{extra})"
+
+
+def _unsupported_message(missing: list[Op], refusal: str) -> str:
+    found = ", ".join(describe(op) for op in missing)
+    return (
+        f"The model has {len(missing)} layer(s) this analyzer has no reverse rule for: "
+        f"{found}. {refusal + ' ' if refusal else ''}Supported: Dense, Conv1D/2D/3D, "
+        "DepthwiseConv1D/2D, SeparableConv1D/2D, Conv1D/2D/3DTranspose, element-wise "
+        "activations, pooling, padding, cropping, upsampling, reshaping, dropout, Add, "
+        "Subtract, Average, Concatenate, Maximum, Minimum, sigmoid-gated Multiply, "
+        "BatchNormalization, LayerNormalization, Rescaling, Normalization and keras.ops "
+        "arithmetic with constants. The 'gradient' family of analyzers accepts any "
+        "differentiable layer."
+    )
