@@ -1,10 +1,10 @@
 """Subprocess for the distributed pattern-fit tests (devices are set before TF starts).
 
-Usage: ``python pattern_distributed_worker.py MODE MODEL.keras DATA.npy OUT.npz``
-with MODE ``mirrored`` (two logical CPU devices, numpy, dataset and generator
-input) or ``multiworker`` (one worker of a ``MultiWorkerMirroredStrategy``
-whose cluster is in ``TF_CONFIG``).  Writes every pattern type of every
-layer, and the samples seen, to ``OUT.npz``.
+Usage: ``python pattern_distributed_worker.py MODE MODEL.keras DATA.npy OUT``
+with MODE ``mirrored`` (two logical CPU devices; numpy, dataset and generator
+input, saved as ``OUT.numpy.h5``, ``OUT.dataset.h5``, ``OUT.generator.h5``)
+or ``multiworker`` (one worker of a ``MultiWorkerMirroredStrategy`` whose
+cluster is in ``TF_CONFIG``; saved as ``OUT.multiworker.h5``).
 """
 
 from __future__ import annotations
@@ -18,36 +18,25 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from innv_pattern.patterns import PatternComputer, Patterns  # noqa: E402
+from innv_pattern.patterns import PatternComputer  # noqa: E402
 
 BATCH = 24
 
 
-def flatten(patterns: Patterns, prefix: str) -> dict[str, np.ndarray]:
-    """``{prefix/type/layer: pattern}`` plus ``prefix/samples``."""
-    out = {f"{prefix}/samples": np.asarray(patterns.samples_seen)}
-    for kind in patterns.types:
-        for name, value in patterns.for_type(kind).items():
-            out[f"{prefix}/{kind}/{name}"] = value
-    return out
-
-
-def mirrored(model: keras.Model, x: np.ndarray) -> dict[str, np.ndarray]:
+def mirrored(model: keras.Model, x: np.ndarray, out: str) -> None:
     """Mirrored fits of numpy, tf.data and generator input."""
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     assert strategy.num_replicas_in_sync == 2
     computer = PatternComputer(model, ("linear", "relu"), strategy=strategy)
     dataset = tf.data.Dataset.from_tensor_slices((x, np.zeros(len(x)))).batch(BATCH)
     generator = (x[i:i + BATCH] for i in range(0, len(x), BATCH))
-    out = {}
     for name, data, size in (("numpy", x, BATCH), ("dataset", dataset, None),
                              ("generator", generator, None)):
-        out.update(flatten(computer.compute(data, batch_size=size, verbose=0), name))
-    return out
+        computer.compute(data, batch_size=size, verbose=0).save(f"{out}.{name}.h5")
 
 
 def main() -> None:
-    mode, model_path, data_path, out_path = sys.argv[1:5]
+    mode, model_path, data_path, out = sys.argv[1:5]
     if mode == "mirrored":
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
@@ -57,11 +46,10 @@ def main() -> None:
     model = keras.saving.load_model(model_path, compile=False)
     x = np.load(data_path)
     if mode == "mirrored":
-        out = mirrored(model, x)
+        mirrored(model, x, out)
     else:
         computer = PatternComputer(model, ("linear", "relu"), strategy=strategy)
-        out = flatten(computer.compute(x, batch_size=BATCH, verbose=0), "multiworker")
-    np.savez(out_path, **out)
+        computer.compute(x, batch_size=BATCH, verbose=0).save(f"{out}.multiworker.h5")
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def patterns_from_samples(xs: np.ndarray, w: np.ndarray, b: np.ndarray) -> dict[
 def layer_input(model: keras.Model, layer: keras.layers.Layer, x: np.ndarray) -> np.ndarray:
     """``layer``'s input for the model input ``x``, in float64."""
     sub = keras.Model(model.inputs, layer.input)
-    return np.asarray(sub.predict(x, verbose=0, batch_size=len(x)), np.float64)
+    return np.asarray(keras.ops.convert_to_numpy(sub(x, training=False)), np.float64)
 
 
 def reference_patterns(model: keras.Model, layer: keras.layers.Layer,
@@ -120,3 +120,24 @@ def _depthwise(p: np.ndarray, w: np.ndarray, b: np.ndarray) -> dict[str, np.ndar
         for t, a in found.items():
             result[t][:, :, c, :] = a.reshape(kh, kw, mult)
     return result
+
+
+def balance_biases(model: keras.Model, x: np.ndarray) -> keras.Model:
+    """Sets every bias to minus the median pre-activation: half the samples in each regime.
+
+    Patterns of neurons with few samples in a regime are ill-conditioned (the
+    ratio of Eq. 7 amplifies float32 rounding), which tests of exact equality
+    between two float32 computations must avoid.
+    """
+    for layer in model.layers:
+        if getattr(layer, "bias", None) is None:
+            continue
+        inp = layer_input(model, layer, x).astype("float32")
+        activation, layer.activation = layer.activation, keras.activations.linear
+        layer.bias.assign(np.zeros(layer.bias.shape, "float32"))
+        pre = keras.ops.convert_to_numpy(layer(inp))
+        layer.activation = activation
+        ordered = np.sort(pre.reshape(-1, pre.shape[-1]), axis=0)
+        middle = len(ordered) // 2  # halfway between two samples: no sample near the threshold
+        layer.bias.assign((-(ordered[middle - 1] + ordered[middle]) / 2).astype("float32"))
+    return model

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from typing import Any, Iterable, Iterator
@@ -115,9 +116,7 @@ class PatternComputer:
                                   stateful_metrics=["samples/s"]) if verbose else None
         start, seen, done = time.perf_counter(), 0, 0
         try:
-            for x in batches:
-                if steps is not None and done >= steps:
-                    break
+            for x in itertools.islice(batches, steps):  # takes no batch beyond `steps`
                 if done == 0:
                     self._fitter.shift(x)
                 seen += int(self._fitter.step(acc, x))
