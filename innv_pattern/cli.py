@@ -13,11 +13,12 @@ Example (a shell session)::
         --method pattern.attribution --input cat.png --out cat_attribution
     innv-pattern evaluate --model model.keras --patterns model.patterns.h5 --data x_test.npy
 
-In Python, :func:`main` takes the arguments and returns the exit status:
+In Python, :func:`main` takes the arguments and returns the exit status (the
+error line goes to stderr: ``innv-pattern: error: Model file 'missing.keras'
+does not exist.``):
 
     >>> main(["explain", "--model", "missing.keras", "--method", "gradient",
     ...       "--input", "x.npy", "--out", "out"])
-    innv-pattern: error: Model file 'missing.keras' does not exist.
     1
 """
 
