@@ -57,9 +57,9 @@ class DemoSettings:
     seed: int = 0
 
 
-QUICK = DemoSettings(digits_size=8, digits_epochs=2, shown=3, ground_truth_samples=400,
-                     photo_crops=200, photo_size=16, photo_epochs=1, degradation_samples=16,
-                     analyzers=("gradient", "pattern.net", "lrp.z", "pattern.attribution"))
+QUICK = DemoSettings(digits_size=8, digits_epochs=1, shown=3, ground_truth_samples=200,
+                     photo_crops=100, photo_size=16, photo_epochs=1, degradation_samples=8,
+                     analyzers=("gradient", "pattern.attribution"))
 
 
 class _Steps:

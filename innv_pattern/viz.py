@@ -64,6 +64,7 @@ DISPLAY_NAMES: dict[str, str] = {
 }
 
 _GROUP_ORDER = ("function", "signal", "attribution")
+_ARROW_COLORS = ("black", "tab:green", "tab:purple", "tab:brown", "tab:olive")
 
 
 def kind_of(method: str) -> str:
@@ -275,14 +276,14 @@ def plot_toy(x: Any, y: Any, directions: Mapping[str, Any]) -> Figure:
         raise ValueError(f"Expected x shaped (N, 2) and y shaped (N,); received {x.shape} and {y.shape}.")
     fig = Figure(figsize=(5, 5))
     ax = fig.add_subplot()
-    points = ax.scatter(x[:, 0], x[:, 1], c=y, cmap="coolwarm", s=8, alpha=0.6)
+    points = ax.scatter(x[:, 0], x[:, 1], c=y, cmap="coolwarm", s=8, alpha=0.35)
     fig.colorbar(points, ax=ax, label="y", shrink=0.8)
-    colors = colormaps["tab10"].colors
     for k, (label, vector) in enumerate(directions.items()):
         vx, vy = np.asarray(vector, dtype=np.float64).reshape(2)
+        color = _ARROW_COLORS[k % len(_ARROW_COLORS)]
         ax.annotate("", xy=(vx, vy), xytext=(0, 0),
-                    arrowprops={"arrowstyle": "-|>", "color": colors[k + 2], "lw": 2.5})
-        ax.plot([], [], color=colors[k + 2], lw=2.5, label=label)
+                    arrowprops={"arrowstyle": "-|>,head_width=0.4", "color": color, "lw": 3})
+        ax.plot([], [], color=color, lw=3, label=label)
     ax.axhline(0, color="0.8", lw=0.8, zorder=0)
     ax.axvline(0, color="0.8", lw=0.8, zorder=0)
     ax.set_aspect("equal")

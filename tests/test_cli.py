@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -69,10 +70,15 @@ def _command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "innv_pattern.cli"]
 
 
-def _run(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
+def _start(*args: str) -> subprocess.Popen:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([*_command(), *args], capture_output=True, text=True, env=env, cwd=cwd,
-                          timeout=600)
+    return subprocess.Popen([*_command(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+
+
+def _finish(process: subprocess.Popen) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=600)
+    return process.returncode, out, err
 
 
 def _error_line(stderr: str) -> str:
@@ -83,30 +89,48 @@ def _error_line(stderr: str) -> str:
     return lines[0]
 
 
+@pytest.fixture(scope="module")
+def subprocess_runs(files, tmp_path_factory) -> dict[str, Any]:
+    """fit, explain and a user error through the console script, run at the same time
+    (most of each is TensorFlow starting)."""
+    root = tmp_path_factory.mktemp("subprocess")
+    fitted = _fitted(files, root)
+    paths = {"patterns": str(root / "p.h5"), "explained": str(root / "explained" / "one")}
+    runs = {
+        "fit": _start("fit", "--model", files["model.keras"], "--data", files["x.npy"], "--out",
+                      paths["patterns"], "--batch-size", "16"),
+        "explain": _start("explain", "--model", files["model.h5"], "--patterns", fitted,
+                          "--method", "pattern.attribution", "--input", files["one.png"],
+                          "--scale", "1/255", "--out", paths["explained"]),
+        "error": _start("explain", "--model", files["other.keras"], "--patterns", fitted,
+                        "--method", "pattern.net", "--input", files["x.npy"], "--out",
+                        str(root / "never")),
+    }
+    return {**paths, **{name: _finish(process) for name, process in runs.items()}}
+
+
 @pytest.mark.slow
-def test_fit_then_explain_in_a_subprocess(files, tmp_path):
-    patterns = str(tmp_path / "p.h5")
-    fit = _run("fit", "--model", files["model.keras"], "--data", files["x.npy"], "--out", patterns,
-               "--batch-size", "16")
-    assert fit.returncode == 0, fit.stderr
-    assert "Saved relu.positive+relu.negative patterns of 3 layers (48 samples)" in fit.stdout
-    out = str(tmp_path / "explained" / "one")
-    explain = _run("explain", "--model", files["model.h5"], "--patterns", patterns, "--method",
-                   "pattern.attribution", "--input", files["one.png"], "--scale", "1/255",
-                   "--out", out)
-    assert explain.returncode == 0, explain.stderr
-    analysis = np.load(out + ".npy")
+def test_fit_in_a_subprocess(subprocess_runs):
+    code, out, err = subprocess_runs["fit"]
+    assert code == 0, err
+    assert "Saved relu.positive+relu.negative patterns of 3 layers (48 samples)" in out
+    assert os.path.getsize(subprocess_runs["patterns"]) > 0
+
+
+@pytest.mark.slow
+def test_explain_a_png_in_a_subprocess(subprocess_runs):
+    code, out, err = subprocess_runs["explain"]
+    assert code == 0, err
+    analysis = np.load(subprocess_runs["explained"] + ".npy")
     assert analysis.shape == (1,) + SHAPE and np.isfinite(analysis).all()
-    assert Image.open(out + ".png").size[0] > 100
+    assert Image.open(subprocess_runs["explained"] + ".png").size[0] > 100
 
 
 @pytest.mark.slow
-def test_a_user_error_in_a_subprocess_is_one_line(files, tmp_path):
-    result = _run("explain", "--model", files["other.keras"], "--patterns", _fitted(files, tmp_path),
-                  "--method", "pattern.net", "--input", files["x.npy"], "--out", str(tmp_path / "o"))
-    assert result.returncode == 1
-    line = _error_line(result.stderr)
-    assert "do not fit model 'other_model'" in line
+def test_a_user_error_in_a_subprocess_is_one_line(subprocess_runs):
+    code, out, err = subprocess_runs["error"]
+    assert code == 1
+    assert "do not fit model 'other_model'" in _error_line(err)
 
 
 def _fitted(files: dict[str, str], tmp_path: Path, *extra: str) -> str:
