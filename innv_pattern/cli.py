@@ -158,6 +158,8 @@ def _add_fit(commands: Any) -> None:
                      help="tf.distribute strategy (multiworker reads TF_CONFIG; default: none)")
     fit.add_argument("--resume", nargs="+", metavar="STATE",
                      help="pattern file(s) whose statistics to continue from (several: merged)")
+    fit.add_argument("--skip", type=_non_negative, default=0, metavar="N",
+                     help="skip the first N samples of --data (those a resumed fit has seen)")
     _data_options(fit)
     fit.set_defaults(run=_run_fit)
 
@@ -232,11 +234,12 @@ def _run_fit(args: argparse.Namespace) -> None:
         computer.load_state(*args.resume)
         print(f"Resuming from {computer.samples_seen} samples in {', '.join(args.resume)}.")
     data, batch_size = _fit_data(args, model)
+    resumed = computer.samples_seen
     try:
         patterns = computer.compute(data, batch_size=batch_size, steps=args.steps, verbose=1,
                                     resume=bool(args.resume))
     except KeyboardInterrupt:
-        _save_partial(computer, args.out)
+        _save_partial(computer, args.out, resumed, args.skip)
     if _is_chief(strategy):
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         patterns.save(args.out)
@@ -244,20 +247,26 @@ def _run_fit(args: argparse.Namespace) -> None:
               f"({patterns.samples_seen} samples) to '{args.out}'.")
 
 
-def _save_partial(computer: Any, out: str) -> NoReturn:
+def _save_partial(computer: Any, out: str, resumed: int, skipped: int) -> NoReturn:
+    """Saves the statistics of an interrupted fit and says how to continue it."""
+    seen = computer.samples_seen - resumed
     if computer.samples_seen == 0:
         raise KeyboardInterrupt
     partial = out[: -len(os.path.splitext(out)[1])] + ".partial.h5"
     computer.save_state(partial)
     raise UserError(f"Interrupted after {computer.samples_seen} samples; their statistics are in "
-                    f"'{partial}'. Continue with: --resume {partial}")
+                    f"'{partial}'. Continue with: --resume {partial} --skip {skipped + seen}")
 
 
 def _fit_data(args: argparse.Namespace, model: Any) -> tuple[Any, int | None]:
     """The data to fit on and the batch size to pass (``None`` when already batched)."""
     if os.path.isdir(args.data):
-        return load_image_folder(args.data, model.input_shape, args.scale, args.batch_size), None
+        data = load_image_folder(args.data, model.input_shape, args.scale, args.batch_size)
+        return (data.unbatch().skip(args.skip).batch(args.batch_size) if args.skip else data), None
     x = fit_to_model(_read(args.data, args.key, model, args.scale), model.input_shape, args.data)
+    if args.skip >= len(x):
+        raise UserError(f"--skip {args.skip} leaves no data: '{args.data}' has {len(x)} samples.")
+    x = x[args.skip:]
     if x.nbytes <= 2**30:
         return np.asarray(x, dtype=np.float32), args.batch_size
     return batches(x, args.batch_size), None      # larger files: read batch by batch

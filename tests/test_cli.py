@@ -158,6 +158,32 @@ def test_fit_resumes_and_merges_saved_statistics(files, tmp_path, capsys):
     assert "Resuming from 48 samples" in out and "(56 samples)" in out
 
 
+def test_an_interrupted_fit_keeps_its_statistics(files, tmp_path, capsys, monkeypatch):
+    from innv_pattern.patterns import PatternComputer, Patterns
+
+    original = PatternComputer.compute
+
+    def interrupted(self, data, **kwargs):          # Ctrl-C after the first batch
+        original(self, data, **{**kwargs, "steps": 1})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PatternComputer, "compute", interrupted)
+    out = str(tmp_path / "big.h5")
+    assert main(["fit", "--model", files["model.keras"], "--data", files["x.npy"], "--out", out,
+                 "--batch-size", "16"]) == 1
+    line = _error_line(capsys.readouterr().err)
+    partial = str(tmp_path / "big.partial.h5")
+    assert f"Interrupted after 16 samples; their statistics are in '{partial}'" in line
+    assert f"--resume {partial} --skip 16" in line and not os.path.exists(out)
+    monkeypatch.setattr(PatternComputer, "compute", original)
+    assert main(["fit", "--model", files["model.keras"], "--data", files["x.npy"], "--out", out,
+                 "--resume", partial, "--skip", "16"]) == 0
+    assert "(48 samples)" in capsys.readouterr().out
+    whole = _fitted(files, tmp_path)
+    for name, pattern in Patterns.load(whole).items():
+        np.testing.assert_allclose(Patterns.load(out)[name], pattern, rtol=1e-4, atol=1e-6)
+
+
 def test_explain_every_method_on_npz_and_folder(files, tmp_path, capsys):
     patterns = _fitted(files, tmp_path)
     for method in ("lrp.epsilon", "pattern.net"):
@@ -222,6 +248,8 @@ def _errors(files: dict[str, str], fitted: str, other: str) -> list[tuple[list[s
          "must be .npy or .npz"),
         (["fit", "--model", m, "--data", files["garbage.keras"].replace("garbage.keras", "x.npy"),
           "--resume", "missing.h5", "--out", "p.h5"], "Statistics file 'missing.h5' does not exist"),
+        (["fit", "--model", m, "--data", x, "--skip", "48", "--out", "p.h5"],
+         "--skip 48 leaves no data"),
         (["fit", "--model", files["dense.keras"], "--data", x, "--out", "p.h5"],
          "the model takes samples shaped (5)"),
         (["fit", "--model", files["dense.keras"], "--data", files["images"], "--out", "p.h5"],
