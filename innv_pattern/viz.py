@@ -17,7 +17,8 @@ Fig. 2. The plots of the evaluations, rho per layer as Fig. 3
 (:func:`plot_perturbation_curves`), live in :mod:`innv_pattern.evaluate` and
 are re-exported here. Everything returns numpy arrays or
 ``matplotlib.figure.Figure`` objects made without ``pyplot``: no global state,
-no window, any backend (``fig.savefig(path)`` to write a file).
+no window, any backend (``fig.savefig(path)`` to write a file; in Jupyter,
+``%matplotlib inline`` shows a figure that ends a cell).
 
 Example:
     >>> import numpy as np
