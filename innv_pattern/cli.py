@@ -44,6 +44,7 @@ from innv_pattern.cli_io import (UserError, batches, check_exists, fit_to_model,
 __all__ = ["build_parser", "main"]
 
 PROG = "innv-pattern"
+#: The analyzers' names, known before TensorFlow loads (a test keeps them equal to list_analyzers).
 METHODS = ("gradient", "input_t_gradient", "deconvnet", "guided_backprop", "lrp.z", "lrp.epsilon",
            "smoothgrad", "integrated_gradients", "pattern.net", "pattern.attribution")
 PATTERN_METHODS = ("pattern.net", "pattern.attribution")

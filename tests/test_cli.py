@@ -309,6 +309,13 @@ def test_usage_errors_exit_2_with_one_line(argv, expected, capsys):
     assert expected in line and "--help" in line
 
 
+def test_the_command_line_knows_every_analyzer():
+    import innv_pattern as ip
+    from innv_pattern import cli
+
+    assert sorted(cli.METHODS) == sorted(ip.list_analyzers())
+
+
 def test_help_lists_the_four_commands(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
