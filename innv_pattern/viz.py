@@ -165,7 +165,7 @@ def _panel(column: str, array: Any) -> np.ndarray:
 
 def _show(ax: Any, image: np.ndarray) -> None:
     ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1,
-              interpolation="nearest")
+              interpolation="nearest", aspect="auto")
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():
@@ -235,10 +235,14 @@ def plot_grid(x: Any, analyses: Mapping[str, Any], row_labels: Sequence[str] | N
         raise ValueError(f"Expected {len(x)} row labels (one per input); received {len(row_labels)}.")
     columns, widths = _columns(_ordered(list(analyses)), list(references))
     panels = {**analyses, **references}
-    fig = Figure(figsize=(cell_size * sum(widths) + 0.4, cell_size * len(x) + 0.9))
+    height, width = _image(x[0]).shape[:2]
+    row = cell_size * max(height / width, 0.35)          # flat rows for 1-D inputs
+    flat = row < 1.0                                     # then row labels are written across
+    left = 0.35 + (0.08 * max(map(len, row_labels or [""])) if flat else 0.0)
+    fig = Figure(figsize=(cell_size * sum(widths) + left + 0.05, row * len(x) + 0.9))
     axes = fig.subplots(len(x), len(columns), squeeze=False,
                         gridspec_kw={"width_ratios": widths, "wspace": 0.05, "hspace": 0.05})
-    fig.subplots_adjust(left=0.35 / fig.get_figwidth(), right=0.99, bottom=0.02,
+    fig.subplots_adjust(left=left / fig.get_figwidth(), right=0.99, bottom=0.02,
                         top=1 - 0.8 / fig.get_figheight())
     for i, sample in enumerate(x):
         for j, column in enumerate(columns):
@@ -250,7 +254,8 @@ def plot_grid(x: Any, analyses: Mapping[str, Any], row_labels: Sequence[str] | N
             if i == 0:
                 ax.set_title(DISPLAY_NAMES.get(column, column), fontsize="medium")
         if row_labels is not None:
-            axes[i, 0].set_ylabel(row_labels[i], fontsize="small")
+            axes[i, 0].set_ylabel(row_labels[i], fontsize="small", rotation=0 if flat else 90,
+                                  ha="right" if flat else "center", va="center")
     _group_headers(fig, axes, columns)
     return fig
 
