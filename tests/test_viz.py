@@ -113,8 +113,11 @@ def test_grid_shows_heatmaps_and_projections_as_drawn():
 
 def test_grid_accepts_one_dimensional_inputs():
     x = np.random.default_rng(4).normal(size=(2, 10))
-    fig = viz.plot_grid(x, {"gradient": x})
+    fig = viz.plot_grid(x, {"gradient": x}, row_labels=["first", "second"])
     assert _png(fig).shape[1] > 0
+    label = fig.axes[0].yaxis.label
+    assert label.get_text() == "first" and label.get_rotation() == 0   # flat rows: written across
+    assert fig.get_figheight() < 2 * 1.5
 
 
 def test_toy_plot_draws_data_and_one_arrow_per_direction():
