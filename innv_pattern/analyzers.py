@@ -393,11 +393,12 @@ class _PatternAnalyzer(Analyzer):
 
     def set_patterns(self, patterns: Mapping[str, Any]) -> None:
         """Uses ``patterns`` from now on, after checking them against the model."""
-        kind = getattr(patterns, "pattern_type", self.pattern_type)
-        if kind != self.pattern_type and self.pattern_type not in getattr(patterns, "types", ()):
-            raise ValueError(f"This analyzer uses '{self.pattern_type}' patterns; received "
-                             f"'{kind}' patterns. Fit or load patterns of type '{self.pattern_type}'.")
-        if hasattr(patterns, "for_type") and kind != self.pattern_type:
+        source = patterns
+        if hasattr(patterns, "has_type"):  # an ip.Patterns: pick this analyzer's type
+            if not patterns.has_type(self.pattern_type):
+                raise ValueError(f"This analyzer uses '{self.pattern_type}' patterns; received "
+                                 f"patterns of types {list(patterns.types)}. Fit or load "
+                                 f"patterns of type '{self.pattern_type}'.")
             patterns = patterns.for_type(self.pattern_type)
         problems = []
         for op in self._graph.kernel_ops:
@@ -411,7 +412,7 @@ class _PatternAnalyzer(Analyzer):
             raise ValueError(f"The patterns do not fit model '{self.model.name}': "
                              + "; ".join(problems) + ".")
         with self._lock:
-            self._patterns_source = patterns
+            self._patterns_source = source
             self.patterns = {op.pattern_key: np.asarray(patterns[op.pattern_key], np.float32)
                              for op in self._graph.kernel_ops}
             self._build()

@@ -79,7 +79,7 @@ def test_linear_model_attribution_is_w_times_a_times_y():
 def test_wrong_pattern_type_is_refused(conv_model):
     x = np.random.default_rng(0).normal(size=(64, 9, 9, 2)).astype("float32")
     linear = PatternComputer(conv_model, "linear").compute(x, batch_size=32, verbose=0)
-    with pytest.raises(ValueError, match="'relu' patterns"):
+    with pytest.raises(ValueError, match="uses 'relu' patterns"):
         ip.create_analyzer("pattern.net", conv_model, patterns=linear)
 
 
