@@ -11,7 +11,7 @@ from innv_pattern.canonize import canonize
 from innv_pattern.datasets import toy_data
 from innv_pattern.evaluate import plot_signal_quality, signal_quality
 from innv_pattern.evaluate.moments import CoMoments, batch_comoments
-from innv_pattern.evaluate.quality import _select_layers
+from innv_pattern.evaluate._layers import select_layers
 from innv_pattern.patterns import PatternComputer
 
 
@@ -161,7 +161,7 @@ def test_conv_inputs_are_the_patches(padding, stride):
     x = rng.normal(size=(2, 7, 6, 3)).astype("float32")
     inp = keras.Input((7, 6, 3))
     model = keras.Model(inp, keras.layers.Conv2D(4, 3, strides=stride, padding=padding)(inp))
-    layer = _select_layers(canonize(model), None, None, "linear", 0)[0]
+    layer = select_layers(canonize(model), None, None, "linear", 0)[0]
     got = layer.patches(tf.constant(x)).numpy()
     expected = _numpy_patches(x, 3, stride, padding)
     np.testing.assert_allclose(got, expected, atol=1e-6)
@@ -176,7 +176,7 @@ def test_conv1d_uses_identity_kernel_patches():
     x = rng.normal(size=(2, 9, 2)).astype("float32")
     inp = keras.Input((9, 2))
     model = keras.Model(inp, keras.layers.Conv1D(3, 3, padding="same", dilation_rate=2)(inp))
-    layer = _select_layers(canonize(model), None, None, "linear", 0)[0]
+    layer = select_layers(canonize(model), None, None, "linear", 0)[0]
     patches = layer.patches(tf.constant(x)).numpy()
     y = model(x).numpy() - model.layers[1].bias.numpy()
     np.testing.assert_allclose(patches @ model.layers[1].kernel.numpy().reshape(-1, 3), y,

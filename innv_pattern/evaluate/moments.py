@@ -66,8 +66,13 @@ def batch_comoments(x: Any, e: Any) -> dict[str, Any]:
 class CoMoments:
     """Float64 means and centred co-moments of ``x`` (D) and per-neuron ``e`` (N, k).
 
+    Batches are combined with Chan's update, ``M = M_a + M_b + f dx dx^T``
+    (``f = n_a n_b / n``, ``dx`` the difference of the means); the rank-one
+    terms are collected and applied together, in one matrix product, when the
+    covariances are read, so adding a batch costs one pass over its sums.
+
     Args:
-        dim: ``D``, the size of ``x``.
+        dim: ``D``, the size of ``x`` (0 for per-neuron values only).
         neurons: ``N``, the number of neurons.
         extras: ``k``, the scalars per neuron.
     """
@@ -78,19 +83,39 @@ class CoMoments:
         self.count = 0.0
         self.mean_x, self.mean_e = np.zeros(d), np.zeros((n, k))
         self.xx, self.xe, self.ee = np.zeros((d, d)), np.zeros((d, n, k)), np.zeros((n, k, k))
+        self._pending: list[tuple[float, np.ndarray, np.ndarray]] = []
 
     def add(self, batch: Mapping[str, Any]) -> None:
         """Adds a batch's statistics (:func:`batch_comoments`) in place."""
-        other = CoMoments(*self.shape)
-        for name in _NAMES:
-            value = np.asarray(batch[name], np.float64)
-            if name != "count" and value.shape != getattr(other, name).shape:
-                raise ValueError(f"Batch statistic '{name}' has shape {value.shape}; expected "
-                                 f"{getattr(other, name).shape}.")
-            setattr(other, name, value if name != "count" else float(value))
-        merged = self.merge(other)
-        for name in _NAMES:
-            setattr(self, name, getattr(merged, name))
+        values = {name: np.asarray(batch[name]) for name in _NAMES}
+        for name in _NAMES[1:]:
+            if values[name].shape != getattr(self, name).shape:
+                raise ValueError(f"Batch statistic '{name}' has shape {values[name].shape}; "
+                                 f"expected {getattr(self, name).shape}.")
+        n_b = float(values["count"])
+        if n_b == 0:
+            return
+        n = self.count + n_b
+        dx, de = values["mean_x"] - self.mean_x, values["mean_e"] - self.mean_e
+        if self.count > 0:
+            self._pending.append((self.count * n_b / n, dx, de))
+        for name in ("xx", "xe", "ee"):
+            np.add(getattr(self, name), values[name], out=getattr(self, name))
+        self.mean_x = self.mean_x + dx * (n_b / n)
+        self.mean_e = self.mean_e + de * (n_b / n)
+        self.count = n
+
+    def _flush(self) -> None:
+        """Applies the collected rank-one terms of Chan's update."""
+        if not self._pending:
+            return
+        f = np.array([p[0] for p in self._pending])
+        dx = np.stack([p[1] for p in self._pending])
+        de = np.stack([p[2] for p in self._pending])
+        self.xx += (dx * f[:, None]).T @ dx
+        self.xe += ((dx * f[:, None]).T @ de.reshape(len(f), -1)).reshape(self.xe.shape)
+        self.ee += np.einsum("b,bna,bnc->nac", f, de, de)
+        self._pending = []
 
     def merge(self, other: "CoMoments") -> "CoMoments":
         """The statistics of the samples of ``self`` and ``other`` together."""
@@ -98,22 +123,17 @@ class CoMoments:
             received = other.shape if isinstance(other, CoMoments) else type(other).__name__
             raise ValueError(f"Cannot merge co-moments of shape {self.shape} with {received}.")
         out = CoMoments(*self.shape)
-        n = self.count + other.count
-        if n == 0:
-            return out
-        f = self.count * other.count / n
-        dx, de = other.mean_x - self.mean_x, other.mean_e - self.mean_e
-        out.count = n
-        out.mean_x = self.mean_x + dx * (other.count / n)
-        out.mean_e = self.mean_e + de * (other.count / n)
-        out.xx = self.xx + other.xx + f * np.outer(dx, dx)
-        out.xe = self.xe + other.xe + f * dx[:, None, None] * de[None]
-        out.ee = self.ee + other.ee + f * de[:, :, None] * de[:, None, :]
+        for part in (self, other):
+            part._flush()
+            out.add({"count": part.count, "mean_x": part.mean_x, "mean_e": part.mean_e,
+                     "xx": part.xx, "xe": part.xe, "ee": part.ee})
+        out._flush()
         return out
 
     def covariances(self) -> dict[str, np.ndarray]:
         """Population covariances ``xx`` (D, D), ``xe`` (D, N, k), ``ee`` (N, k, k)."""
         if self.count == 0:
             raise ValueError("No samples were added: covariances are undefined.")
+        self._flush()
         return {"xx": self.xx / self.count, "xe": self.xe / self.count,
                 "ee": self.ee / self.count, "mean_x": self.mean_x, "mean_e": self.mean_e}

@@ -18,8 +18,19 @@ Hence the least-squares ``v`` and the correlation are closed forms of second
 moments of ``z`` (:mod:`innv_pattern.evaluate.moments`): ``v`` solves
 ``(cov[d] + lambda I) v = cov[d, t]`` on the regression split (the paper's
 second split; ``cov[d]`` is ``cov[x]`` plus a rank-6 term, so one Cholesky
-factor of ``cov[x]`` per layer serves every neuron through the Woodbury
-identity), and the correlation is then measured on the evaluation split.
+factor of ``cov[x] + lambda I`` per layer serves every neuron and estimator
+through the Woodbury identity), and the correlation of ``t`` with ``v^T d`` is
+then measured on the evaluation split, from sums of the projections (one
+``(m, D) x (D, estimators x neurons)`` product per batch, no ``D x D`` work).
+Conv layers: every output position is a sample, its patch the input.
+
+Cost: the regression split's ``cov[x]`` (``2 m D^2`` per batch of ``m``
+samples) and one Cholesky factor per layer (``D^3 / 3``) dominate; for wide
+layers ``max_neurons`` and ``max_positions`` sample neurons and positions.
+The read-out is fitted on finite data: where samples are few relative to
+``D`` (deep conv layers on small images, dense layers) it finds less of the
+output than the population optimum would, so rho is biased *upwards* there;
+``return_info=True`` reports the samples per layer.
 
 **Which target** (``target=``).  With ``t = w^T x`` (``"linear"``), ``S_a``
 and ``S_a+-`` both leave ``cov[d, t] = 0`` exactly on the data they were
@@ -54,7 +65,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any, Mapping, Sequence
 
@@ -62,197 +72,150 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from innv_pattern.canonize import ActivationOp, CanonicalGraph, KernelOp, canonize
+from innv_pattern.canonize import CanonicalGraph, canonize
 from innv_pattern.evaluate._common import figure_axes, iter_batches
+from innv_pattern.evaluate._layers import EvaluatedLayer, select_layers
 from innv_pattern.evaluate.moments import CoMoments, batch_comoments
 
-__all__ = ["ESTIMATORS", "plot_signal_quality", "rho_from_moments", "signal_quality"]
+__all__ = ["ESTIMATORS", "plot_signal_quality", "signal_quality"]
 
 ESTIMATORS = ("random", "filter", "linear", "two_component")
 TARGETS = ("rectified", "linear")
-_SUPPORTED = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
-_UNSUPPORTED = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D,
-                keras.layers.SeparableConv1D, keras.layers.SeparableConv2D,
-                keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
-                keras.layers.Conv3DTranspose)
-_SIGN_KEEPING = (keras.layers.MaxPooling1D, keras.layers.MaxPooling2D, keras.layers.MaxPooling3D,
-                 keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout,
-                 keras.layers.Identity, keras.layers.ZeroPadding2D)
 
 
-def rho_from_moments(w: np.ndarray, a_pos: np.ndarray, a_neg: np.ndarray,
-                     regression: Mapping[str, np.ndarray], evaluation: Mapping[str, np.ndarray],
-                     target: np.ndarray, ridge: float = 1e-6) -> np.ndarray:
-    """rho per neuron in closed form, from the covariances of two splits.
+def _readouts(cov: Mapping[str, np.ndarray], estimators: Mapping[str, tuple],
+              target: np.ndarray, ridge: float) -> dict[str, np.ndarray]:
+    """The least-squares read-out ``v`` (D, N) of each estimator's residual.
+
+    ``v`` solves ``(cov[d] + lambda I) v = cov[d, t]`` with ``cov[d] = cov[x] +
+    U V^T`` (rank 6, per neuron), by the Woodbury identity around one Cholesky
+    factor of ``cov[x] + lambda I`` shared by every neuron and estimator.
 
     Args:
-        w: ``(D, N)`` filters (only checked against the other shapes: the
-            estimator is given by its patterns).
-        a_pos, a_neg: ``(D, N)`` patterns of the active and inactive regime
-            (equal for a linear estimator).
-        regression: :meth:`CoMoments.covariances` of the split ``v`` is fitted
-            on, with extras ``e = (y+, y-, m)`` per neuron (``m`` the regime).
-        evaluation: The same for the split the correlation is measured on.
-        target: ``(N, 3)``: ``t = target . e`` (``(1, 1, 0)``: ``w^T x``;
-            ``(1, 0, b)``: ``relu(w^T x + b)``).
-        ridge: ``lambda = ridge * trace(cov[x]) / D`` stabilizes the regression
-            (``cov[d]`` is singular: ``w^T d = 0``).
-
-    Returns:
-        ``(N,)`` rho; NaN where the target or the read-out has no variance.
+        cov: :meth:`CoMoments.covariances` with extras ``e = (y+, y-, m)``.
+        estimators: ``{name: (a+, a-)}``, each ``(D, N)``.
+        target: ``(N, 3)``: ``t = target . e``.
+        ridge: ``lambda = ridge * mean variance of x``.
     """
     import scipy.linalg
 
-    dim, n = a_pos.shape
-    if w.shape != (dim, n) or a_neg.shape != (dim, n) or target.shape != (n, 3):
-        raise ValueError(f"Shapes do not match: w {w.shape}, a_pos {a_pos.shape}, a_neg "
-                         f"{a_neg.shape}, target {target.shape}; expected (D, N) and (N, 3).")
-    amat = np.stack([a_pos, a_neg, np.zeros_like(a_pos)], axis=-1)
-    cxx, cxe, cee = regression["xx"], regression["xe"], regression["ee"]
-    lam = ridge * max(np.trace(cxx) / dim, 1e-30)
-    factor = scipy.linalg.cho_factor(cxx + lam * np.eye(dim), lower=True, check_finite=False)
+    cxe = cov["xe"]
+    dim, n = cxe.shape[:2]
+    factor = _cholesky(cov["xx"], ridge)
+    arrays: list[np.ndarray] = []
+    for a_pos, a_neg in estimators.values():
+        arrays.extend([a_pos] if a_neg is a_pos else [a_pos, a_neg])
     solved = scipy.linalg.cho_solve(factor, np.concatenate(
-        [a_pos, a_neg, cxe.reshape(dim, 3 * n)], axis=1), check_finite=False)
-    k_a = np.stack([solved[:, :n], solved[:, n:2 * n], np.zeros((dim, n))], axis=-1)
-    k_cxe = solved[:, 2 * n:].reshape(dim, n, 3)
+        [cxe.reshape(dim, 3 * n)] + arrays, axis=1), check_finite=False)
+    k_cxe, k_arrays = solved[:, :3 * n].reshape(dim, n, 3), np.split(
+        solved[:, 3 * n:], len(arrays), axis=1)
+    result, i = {}, 0
+    for name, (a_pos, a_neg) in estimators.items():
+        k_pos = k_arrays[i]
+        k_neg = k_pos if a_neg is a_pos else k_arrays[i + 1]
+        i += 1 if a_neg is a_pos else 2
+        result[name] = _woodbury(k_cxe, k_pos, k_neg, a_pos, a_neg, cov, target)
+    return result
+
+
+def _woodbury(k_cxe: np.ndarray, k_pos: np.ndarray, k_neg: np.ndarray, a_pos: np.ndarray,
+              a_neg: np.ndarray, cov: Mapping[str, np.ndarray], target: np.ndarray) -> np.ndarray:
+    """``v = K b - K U (I + V^T K U)^-1 V^T K b`` per neuron (``K = (cov[x] + lambda I)^-1``).
+
+    With ``A = (a+, a-, 0)`` (D, 3): ``cov[d] = cov[x] + U V^T``, ``U = (-A,
+    A cov[e] - cov[x, e])``, ``V = (cov[x, e], A)``; ``b = cov[d, t] =
+    cov[x, e] q - A cov[e] q``.  ``k_*`` are ``K`` applied to ``cov[x, e]``, a+, a-.
+    """
+    cxe, cee = cov["xe"], cov["ee"]
+    zeros = np.zeros_like(a_pos)
+    amat, k_a = np.stack([a_pos, a_neg, zeros], -1), np.stack([k_pos, k_neg, zeros], -1)
     cet = np.einsum("nkl,nl->nk", cee, target)
     k_b = np.einsum("dnk,nk->dn", k_cxe, target) - np.einsum("dnk,nk->dn", k_a, cet)
     k_u = np.concatenate([-k_a, np.einsum("dnk,nkl->dnl", k_a, cee) - k_cxe], axis=-1)
     vmat = np.concatenate([cxe, amat], axis=-1)
     m = np.eye(6) + np.einsum("dni,dnj->nij", vmat, k_u, optimize=True)
     r = np.einsum("dni,dn->ni", vmat, k_b)
-    v = k_b - np.einsum("dnj,nj->dn", k_u, np.linalg.solve(m, r[..., None])[..., 0])
-    return 1.0 - _correlation(v, amat, evaluation, target)
+    return k_b - np.einsum("dnj,nj->dn", k_u, np.linalg.solve(m, r[..., None])[..., 0])
 
 
-def _correlation(v: np.ndarray, amat: np.ndarray, cov: Mapping[str, np.ndarray],
-                 target: np.ndarray) -> np.ndarray:
-    """``corr(t, v^T d)`` per neuron under the covariances ``cov``."""
-    cxx, cxe, cee = cov["xx"], cov["xe"], cov["ee"]
-    av = np.einsum("dnk,dn->nk", amat, v)
-    cdt = np.einsum("dnk,nk->dn", cxe, target) - np.einsum(
-        "dnk,nk->dn", amat, np.einsum("nkl,nl->nk", cee, target))
-    var_d = (np.einsum("dn,dn->n", v, cxx @ v)
-             - 2.0 * np.einsum("nk,nk->n", av, np.einsum("dnk,dn->nk", cxe, v))
-             + np.einsum("nk,nkl,nl->n", av, cee, av))
-    var_t = np.einsum("nk,nkl,nl->n", target, cee, target)
-    scale = np.sqrt(np.clip(var_d, 0.0, None) * np.clip(var_t, 0.0, None))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        corr = np.einsum("dn,dn->n", v, cdt) / scale
-    return np.where(scale > 1e-12 * (np.abs(np.einsum("dn,dn->n", v, cdt)) + 1e-300), corr,
-                    np.nan)
+def _cholesky(cxx: np.ndarray, ridge: float) -> Any:
+    """Cholesky factor of ``cov[x] + lambda I``, ``lambda = ridge * mean variance``.
+
+    Covariances summed from float32 batches can have tiny negative
+    eigenvalues (relative to the largest one); where the factorization fails,
+    lambda grows tenfold until it succeeds, with a warning.
+    """
+    import warnings
+
+    import scipy.linalg
+
+    lam = ridge * max(np.trace(cxx) / len(cxx), 1e-30)
+    diagonal = np.diagonal(cxx).copy()
+    for attempt in range(12):
+        shifted = cxx.copy()
+        shifted.flat[::len(cxx) + 1] = diagonal + lam
+        try:
+            factor = scipy.linalg.cho_factor(shifted, lower=True, overwrite_a=True,
+                                             check_finite=False)
+        except np.linalg.LinAlgError:
+            lam *= 10.0
+            continue
+        if attempt:
+            warnings.warn(f"cov[x] of a {len(cxx)}-dimensional input is not positive definite "
+                          f"at ridge {ridge:g}; used {ridge * 10 ** attempt:g}.", stacklevel=3)
+        return factor
+    raise np.linalg.LinAlgError(f"cov[x] ({len(cxx)} dimensions) is not positive definite even "
+                                f"with ridge {ridge * 1e12:g}: it has non-finite values.")
 
 
-@dataclasses.dataclass
-class _Layer:
-    """One evaluated kernel op: its neurons, how to get its inputs, its target."""
+def _accumulate(graph: CanonicalGraph, layers: list[EvaluatedLayer], data: Any, batch_size: int,
+                max_positions: int | None, seed: int,
+                readouts: Mapping[str, tuple] | None = None) -> dict[str, CoMoments]:
+    """One pass over ``data``: per layer, the co-moments of ``(x, e)``, or with
+    ``readouts`` (``{layer: (v, a^T v, target)}``) those of the per-neuron
+    ``(t, v_1^T d_1, ..., v_E^T d_E)`` for each of the E estimators."""
 
-    op: KernelOp
-    neurons: np.ndarray
-    rectified: bool
-    dim: int
-
-    def kernel_matrix(self) -> tf.Tensor:
-        k = tf.reshape(self.op.get_kernel(), [self.dim, -1])
-        return tf.gather(k, self.neurons, axis=1)
-
-    def bias(self) -> tf.Tensor:
-        b = self.op.get_bias()
-        n = len(self.neurons)
-        return tf.zeros([n]) if b is None else tf.gather(tf.reshape(b, [-1]), self.neurons)
-
-    def patches(self, x: tf.Tensor) -> tf.Tensor:
-        """The op's inputs as ``(batch, positions, D)``: one row per output position."""
-        layer, dim = self.op.layer, self.dim
-        if isinstance(layer, keras.layers.Dense):
-            return tf.reshape(x, [tf.shape(x)[0], -1, dim])
-        if (isinstance(layer, keras.layers.Conv2D) and layer.data_format == "channels_last"
-                and layer.padding in ("same", "valid")):
-            kh, kw = layer.kernel_size
-            p = tf.image.extract_patches(
-                x, [1, kh, kw, 1], [1, *layer.strides, 1], [1, *layer.dilation_rate, 1],
-                layer.padding.upper())
-            return tf.reshape(p, [tf.shape(x)[0], -1, dim])
-        eye = tf.reshape(tf.eye(dim, dtype=x.dtype), tuple(self.op.kernel_shape[:-1]) + (dim,))
-        out = self.op.linear(x, eye)
-        axis = self.op.channel_axis % len(out.shape)
-        perm = [i for i in range(len(out.shape)) if i != axis] + [axis]
-        return tf.reshape(tf.transpose(out, perm), [tf.shape(x)[0], -1, dim])
-
-
-def _followed_by_relu(graph: CanonicalGraph, op: KernelOp) -> bool:
-    """Whether a ReLU rectifies ``op``'s output (through max-pooling or reshapes)."""
-    key = op.outputs[0]
-    while True:
-        readers = [o for o in graph.ops if key in o.inputs]
-        if len(readers) != 1 or key in graph.outputs:
-            return False
-        reader = readers[0]
-        if isinstance(reader, ActivationOp):
-            return reader.activation == "relu"
-        if not isinstance(reader.layer, _SIGN_KEEPING):
-            return False
-        key = reader.outputs[0]
-
-
-def _select_layers(graph: CanonicalGraph, layers: Sequence[str] | None, max_neurons: int | None,
-                   target: str, seed: int) -> list[_Layer]:
-    ops = graph.kernel_ops
-    names = [op.name for op in ops]
-    if layers is not None:
-        missing = [n for n in layers if n not in names]
-        if missing:
-            raise ValueError(f"Unknown layer(s) {missing}; the model's kernel layers are {names}.")
-        ops = [op for op in ops if op.name in layers]
-    bad = [op.name for op in ops if isinstance(op.layer, _UNSUPPORTED)
-           or not isinstance(op.layer, _SUPPORTED) or getattr(op.layer, "groups", 1) != 1]
-    if bad:
-        raise ValueError(f"signal_quality supports Dense and Conv1D/2D/3D layers (groups=1); "
-                         f"received {bad}. Pass layers=[...] to leave them out.")
-    rng = np.random.default_rng(seed)
-    result = []
-    for op in ops:
-        total = int(op.kernel_shape[-1])
-        neurons = np.arange(total)
-        if max_neurons is not None and total > max_neurons:
-            neurons = np.sort(rng.choice(total, int(max_neurons), replace=False))
-        rectified = target == "rectified" and _followed_by_relu(graph, op)
-        result.append(_Layer(op, neurons, rectified, int(np.prod(op.kernel_shape[:-1]))))
-    return result
-
-
-def _accumulate(graph: CanonicalGraph, layers: list[_Layer], data: Any, batch_size: int,
-                max_positions: int | None, seed: int) -> dict[str, CoMoments]:
-    """One pass over ``data``: the co-moments of every evaluated layer."""
-
-    def step(x: tf.Tensor, index: tf.Tensor) -> dict[str, Any]:
+    def step(x: tf.Tensor, index: tf.Tensor, args: dict) -> dict[str, Any]:
         _, values = graph.run([x], keep=True)
         out = {}
         for layer in layers:
-            patches = layer.patches(values[layer.op.inputs[0]])
-            positions = patches.shape[1]
-            if max_positions is not None and positions > max_positions:
-                noise = tf.random.stateless_uniform([positions], seed=tf.stack([seed, index]))
-                patches = tf.gather(patches, tf.argsort(noise)[:max_positions], axis=1)
-            flat = tf.reshape(patches, [-1, layer.dim])
-            y = tf.matmul(flat, layer.kernel_matrix())
-            mask = tf.cast(y + layer.bias() > 0, y.dtype)
-            extras = tf.stack([y * mask, y * (1.0 - mask), mask], axis=-1)
+            flat, extras = layer.samples(values[layer.op.inputs[0]], max_positions,
+                                         tf.stack([seed, index]))
+            if readouts is not None:
+                flat, extras = _projections(flat, extras, *args[layer.op.name])
             out[layer.op.name] = batch_comoments(flat, extras)
         return out
 
     fn = tf.function(step, reduce_retracing=True, autograph=False)
-    moments = {layer.op.name: CoMoments(layer.dim, len(layer.neurons), 3) for layer in layers}
+    args = {k: tuple(tf.constant(a, tf.float32) for a in v) for k, v in (readouts or {}).items()}
+    moments: dict[str, CoMoments] = {}
     for index, batch in enumerate(iter_batches(data, batch_size)):
         x = tf.cast(tf.convert_to_tensor(batch), tf.float32)
-        for name, stats in fn(x, tf.constant(index, tf.int32)).items():
+        for name, stats in fn(x, tf.constant(index, tf.int32), args).items():
+            if name not in moments:
+                moments[name] = CoMoments(stats["xx"].shape[0], *stats["mean_e"].shape)
             moments[name].add({k: v.numpy() for k, v in stats.items()})
     if not moments or next(iter(moments.values())).count == 0:
         raise ValueError("The data yielded no samples; expected at least one batch.")
     return moments
 
 
-def _pattern_matrix(patterns: Any, kind: str, layer: _Layer) -> np.ndarray:
+def _projections(flat: tf.Tensor, extras: tf.Tensor, v: tf.Tensor, av: tf.Tensor,
+                 target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """``(m, 0)`` and ``(m, N, 1 + E)``: the target and each read-out ``v^T d``.
+
+    ``v^T d = v^T x - (a+^T v) y+ - (a-^T v) y-``; ``v`` is ``(D, E N)``, ``av``
+    ``(E, N, 2)``.
+    """
+    estimators, neurons = av.shape[0], av.shape[1]
+    p = tf.reshape(tf.matmul(flat, v), [-1, estimators, neurons])
+    p -= tf.einsum("mnk,enk->men", extras[..., :2], av)
+    t = tf.einsum("mnk,nk->mn", extras, target)
+    stacked = tf.concat([t[:, None], p], axis=1)                      # (m, 1 + E, N)
+    return flat[:, :0], tf.transpose(stacked, [0, 2, 1])
+
+
+def _pattern_matrix(patterns: Any, kind: str, layer: EvaluatedLayer) -> np.ndarray:
     """The ``(D, neurons)`` patterns of ``kind`` for ``layer``."""
     by_layer = patterns.for_type(kind) if hasattr(patterns, "for_type") else patterns.get(kind)
     key = layer.op.pattern_key if by_layer and layer.op.pattern_key in by_layer else layer.op.name
@@ -262,7 +225,7 @@ def _pattern_matrix(patterns: Any, kind: str, layer: _Layer) -> np.ndarray:
     return np.asarray(by_layer[key], np.float64).reshape(layer.dim, -1)[:, layer.neurons]
 
 
-def _estimator_patterns(kind: str, w: np.ndarray, layer: _Layer, patterns: Any,
+def _estimator_patterns(kind: str, w: np.ndarray, layer: EvaluatedLayer, patterns: Any,
                         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """``(a+, a-)`` of estimator ``kind`` (``w^T a = 1`` for the baselines)."""
     if kind == "random":
@@ -307,7 +270,7 @@ def signal_quality(model: keras.Model, fit_data: Any, regression_data: Any, eval
                    estimators: Sequence[str] = ESTIMATORS, *, target: str = "rectified",
                    per_neuron: bool = False, patterns: Any = None,
                    layers: Sequence[str] | None = None, max_neurons: int | None = 256,
-                   max_positions: int | None = None, ridge: float = 1e-6,
+                   max_positions: int | None = None, ridge: float = 1e-4,
                    batch_size: int = 64, seed: int = 0, return_info: bool = False) -> Any:
     """rho (Eq. 1) of each signal estimator for every kernel layer of ``model``.
 
@@ -336,11 +299,14 @@ def signal_quality(model: keras.Model, fit_data: Any, regression_data: Any, eval
         ridge: Relative ridge of the regression for ``v``.
         batch_size: Batch size for arrays.
         seed: Seed of the neuron/position subsets and of the random directions.
-        return_info: Also return ``{layer: details}`` (neurons, samples, time).
+        return_info: Also return ``{layer: details}`` (input size, neurons
+            evaluated and in all, target, samples of the regression and
+            evaluation splits, neurons whose rho is undefined because their
+            target does not vary) and ``"_seconds"`` (time per stage).
 
     Returns:
-        ``{estimator: {layer: mean rho}}`` (NaN-free mean over neurons whose
-        target varies), per-neuron arrays with ``per_neuron=True``; and the
+        ``{estimator: {layer: mean rho}}`` (mean over the neurons whose rho
+        is defined), per-neuron arrays with ``per_neuron=True``; and the
         details with ``return_info=True``.
     """
     unknown = [e for e in estimators if e not in ESTIMATORS]
@@ -349,34 +315,49 @@ def signal_quality(model: keras.Model, fit_data: Any, regression_data: Any, eval
                          f"of {TARGETS}; received estimators={estimators!r}, target={target!r}.")
     start = time.perf_counter()
     graph = canonize(model)
-    chosen = _select_layers(graph, layers, max_neurons, target, seed)
+    chosen = select_layers(graph, layers, max_neurons, target, seed)
     if patterns is None and {"linear", "two_component"} & set(estimators):
         patterns = _fit_patterns(model, fit_data, estimators, batch_size)
-    fitted = time.perf_counter()
-    splits = [_accumulate(graph, chosen, d, batch_size, max_positions, seed + i)
-              for i, d in enumerate((regression_data, eval_data))]
-    accumulated = time.perf_counter()
-    rho: dict[str, dict[str, Any]] = {e: {} for e in estimators}
-    info: dict[str, Any] = {}
+    times = {"fit": time.perf_counter() - start}
+    regression = _accumulate(graph, chosen, regression_data, batch_size, max_positions, seed)
+    times["regression_moments"] = time.perf_counter() - start - sum(times.values())
     rng = np.random.default_rng(seed)
+    readouts = {layer.op.name: _layer_readouts(layer, estimators, patterns,
+                                               regression[layer.op.name].covariances(), ridge, rng)
+                for layer in chosen}
+    times["readouts"] = time.perf_counter() - start - sum(times.values())
+    evaluation = _accumulate(graph, chosen, eval_data, batch_size, max_positions, seed + 1,
+                             readouts)
+    times["evaluation"] = time.perf_counter() - start - sum(times.values())
+    rho: dict[str, dict[str, Any]] = {e: {} for e in estimators}
+    info: dict[str, Any] = {"_seconds": times}
     for layer in chosen:
         name = layer.op.name
-        w = layer.kernel_matrix().numpy().astype(np.float64)
-        b = layer.bias().numpy().astype(np.float64)
-        tcoef = np.stack([np.ones_like(b), np.zeros_like(b), b], -1) if layer.rectified else \
-            np.tile([1.0, 1.0, 0.0], (len(b), 1))
-        reg, ev = splits[0][name].covariances(), splits[1][name].covariances()
-        for kind in estimators:
-            a_pos, a_neg = _estimator_patterns(kind, w, layer, patterns, rng)
-            values = rho_from_moments(w, a_pos, a_neg, reg, ev, tcoef, ridge)
+        cov = evaluation[name].covariances()["ee"]          # (N, 1 + E, 1 + E): t, v^T d
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corr = cov[:, 0, 1:] / np.sqrt(cov[:, 0, :1] * np.diagonal(cov, 0, 1, 2)[:, 1:])
+        for i, kind in enumerate(estimators):
+            values = 1.0 - corr[:, i]
             rho[kind][name] = values if per_neuron else float(np.nanmean(values))
         info[name] = {"input_dim": layer.dim, "neurons": len(layer.neurons),
                       "neurons_total": int(layer.op.kernel_shape[-1]),
                       "target": "rectified" if layer.rectified else "linear",
-                      "samples": [splits[0][name].count, splits[1][name].count]}
-    info["_seconds"] = {"fit": fitted - start, "moments": accumulated - fitted,
-                        "closed_form": time.perf_counter() - accumulated}
+                      "samples": [regression[name].count, evaluation[name].count],
+                      "undefined": int(np.sum(~np.isfinite(corr[:, 0])))}
     return (rho, info) if return_info else rho
+
+
+def _layer_readouts(layer: EvaluatedLayer, estimators: Sequence[str], patterns: Any,
+                    cov: Mapping[str, np.ndarray], ridge: float,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(v (D, E N), a^T v (E, N, 2), target (N, 3))`` of one layer for the evaluation pass."""
+    w = layer.kernel_matrix().numpy().astype(np.float64)
+    target = layer.target()
+    chosen = {kind: _estimator_patterns(kind, w, layer, patterns, rng) for kind in estimators}
+    vs = _readouts(cov, chosen, target, ridge)
+    av = np.stack([np.stack([np.sum(a_pos * vs[k], 0), np.sum(a_neg * vs[k], 0)], -1)
+                   for k, (a_pos, a_neg) in chosen.items()])
+    return np.concatenate([vs[k] for k in estimators], axis=1), av, target
 
 
 def plot_signal_quality(rho: Mapping[str, Mapping[str, Any]], ax: Any = None,
