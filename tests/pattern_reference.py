@@ -77,7 +77,8 @@ def patterns_from_samples(xs: np.ndarray, w: np.ndarray, b: np.ndarray) -> dict[
 
 def layer_input(model: keras.Model, layer: keras.layers.Layer, x: np.ndarray) -> np.ndarray:
     """``layer``'s input for the model input ``x``, in float64."""
-    sub = keras.Model(model.inputs, layer.input)
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    sub = keras.Model(inputs, layer.input)
     return np.asarray(keras.ops.convert_to_numpy(sub(x, training=False)), np.float64)
 
 

@@ -23,7 +23,7 @@ import tensorflow as tf
 from pattern_reference import balance_biases, reference_patterns
 
 from innv_pattern.canonize import canonize
-from innv_pattern.patterns import PatternComputer, Patterns
+from innv_pattern.patterns import PatternComputer, Patterns, fitter
 
 TYPES = ("linear", "relu.positive", "relu.negative")
 WORKER = Path(__file__).with_name("pattern_distributed_worker.py")
@@ -191,6 +191,20 @@ def test_batch_order_and_size_do_not_matter():
     for batches, size in ((permuted, 8), (x, 120)):
         assert_same_fit(first, computer.compute(batches, batch_size=size, verbose=0),
                         rtol=3e-6, pattern_rtol=3e-5)
+
+
+def test_device_and_host_accumulation_agree(monkeypatch):
+    """Sums accumulate on the host for CPU strategies, in device variables otherwise."""
+    model = small_conv_model()
+    x = data((6, 6, 2), 64, seed=5)
+    balance_biases(model, x)
+    on_host = PatternComputer(model)
+    host = on_host.compute(x, batch_size=16, verbose=0)
+    monkeypatch.setattr(fitter, "cpu_only", lambda strategy: False)
+    on_device = PatternComputer(model)
+    device = on_device.compute(x, batch_size=16, verbose=0)
+    assert on_host._fitter.on_host and not on_device._fitter.on_host
+    assert_same_fit(host, device, rtol=1e-12, pattern_rtol=1e-6)
 
 
 def test_degenerate_neurons_are_counted_and_never_nan(capsys):

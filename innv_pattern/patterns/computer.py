@@ -27,11 +27,9 @@ from innv_pattern.canonize import KernelOp, canonize
 from innv_pattern.patterns.estimators import PatternStatistics, expand_pattern_type
 from innv_pattern.patterns.io import Fingerprint, Patterns
 from innv_pattern.patterns.layout import layout_of
-from innv_pattern.patterns.sums import batch_sums, channel_sums, widen
+from innv_pattern.patterns.fitter import Fitter
 
 __all__ = ["PatternComputer"]
-
-_SUM = tf.distribute.ReduceOp.SUM
 
 
 class PatternComputer:
@@ -66,10 +64,11 @@ class PatternComputer:
             raise ValueError(f"Model '{model.name}' has no kernel layer (Dense or convolution); "
                              "there is nothing to fit patterns for.")
         self._layouts = {op.name: layout_of(op) for op in self._ops}
+        _check_static_shapes(self._ops, self._graph)
         self._regimes = any(t.startswith("relu") for t in self.types)
         self._state: dict[str, PatternStatistics] = {}
         self._samples = 0
-        self._fitter: _Fitter | None = None
+        self._fitter: Fitter | None = None
 
     @property
     def samples_seen(self) -> int:
@@ -110,31 +109,38 @@ class PatternComputer:
         if not resume:
             self.reset()
         batches, target = self._batches(data, batch_size)
-        self._fitter = self._fitter or _Fitter(self)
-        acc = self._fitter.accumulators()
         bar = keras.utils.Progbar(target, verbose=verbose, unit_name="sample",
                                   stateful_metrics=["samples/s"]) if verbose else None
-        start, seen, done = time.perf_counter(), 0, 0
-        try:
-            for x in itertools.islice(batches, steps):  # takes no batch beyond `steps`
-                if done == 0:
-                    self._fitter.shift(x)
-                seen += int(self._fitter.step(acc, x))
-                done += 1
-                if bar is not None:
-                    rate = seen / max(time.perf_counter() - start, 1e-9)
-                    bar.update(seen, values=[("samples/s", rate)])
-        finally:
-            if done:
-                self._fitter.flush(acc)
-            del acc
-        if seen == 0 and not self._state:
+        if self._accumulate(itertools.islice(batches, steps), bar) == 0 and not self._state:
             raise ValueError("Received no data: the data gave no batch (or steps=0). Pass a "
                              "non-empty numpy array, tf.data.Dataset or iterable of batches.")
         patterns = self.patterns()
         if verbose:
             print(_degenerate_summary(patterns))
         return patterns
+
+    def _accumulate(self, batches: Iterable[Any], bar: keras.utils.Progbar | None) -> int:
+        """Runs the compiled step on each batch; keeps what completed, even if interrupted."""
+        self._fitter = self._fitter or Fitter(self)
+        acc = self._fitter.accumulators()
+        start, seen, done = time.perf_counter(), 0, 0
+        try:
+            for x in batches:
+                if done == 0:
+                    self._fitter.shift(x)
+                seen += self._fitter.step(acc, x)
+                done += 1
+                if bar is not None:
+                    rate = seen / max(time.perf_counter() - start, 1e-9)
+                    bar.update(seen, values=[("samples/s", rate)])
+        finally:
+            if done:
+                samples, statistics = self._fitter.flush(acc)
+                for name, stats in statistics.items():
+                    old = self._state.get(name)
+                    self._state[name] = old.merge(stats) if old is not None else stats
+                self._samples += samples
+        return seen
 
     def patterns(self) -> Patterns:
         """Patterns from the statistics accumulated so far."""
@@ -143,10 +149,10 @@ class PatternComputer:
         by_type: dict[str, dict[str, np.ndarray]] = {t: {} for t in self.types}
         degenerate = {}
         for op in self._ops:
-            kernel = op.get_kernel().numpy()
-            found, degenerate[op.name] = self._state[op.name].finalize(kernel, self.types)
+            found, degenerate[op.name] = self._state[op.name].finalize(
+                op.get_kernel().numpy(), self.types, np.float32)
             for kind, pattern in found.items():
-                by_type[kind][op.name] = pattern.astype(np.float32)
+                by_type[kind][op.name] = pattern
         return Patterns(by_type, self.pattern_type, Fingerprint.of(self.model, self._graph),
                         samples_seen=self._samples, degenerate=degenerate,
                         statistics=dict(self._state))
@@ -213,6 +219,19 @@ class PatternComputer:
         return self._batches(_generator_dataset(iter(data)), None)
 
 
+def _check_static_shapes(ops: list[KernelOp], graph: Any) -> None:
+    """The accumulators are shaped like one input and one output of each op."""
+    unknown = [f"'{op.name}' {shape}" for op in ops
+               for shape in (graph.shapes[op.inputs[0]], graph.shapes[op.outputs[0]])
+               if None in tuple(shape)[1:]]
+    if unknown:
+        raise ValueError(
+            "Pattern fitting needs fixed input and output shapes (but the batch size) for "
+            f"every kernel layer; received unknown sizes at {unknown}. Fit on a copy of the "
+            "model built with a fixed input shape, e.g. keras.Input((224, 224, 3)): the "
+            "patterns depend on the kernels only and fit the original model too.")
+
+
 def _as_tuple(batch: Any) -> tuple:
     return batch if isinstance(batch, tuple) else (batch,)
 
@@ -237,18 +256,6 @@ def _generator_dataset(iterator: Iterator[Any]) -> tf.data.Dataset:
     return tf.data.Dataset.from_generator(generate, output_signature=signature)
 
 
-def _all_reduce(nest: Any) -> Any:
-    """Sums ``nest`` over replicas: one batched all-reduce per dtype, in a fixed order."""
-    ctx = tf.distribute.get_replica_context()
-    flat = tf.nest.flatten(nest)
-    reduced = list(flat)
-    for dtype in sorted({t.dtype for t in flat}, key=lambda d: d.name):
-        where = [i for i, t in enumerate(flat) if t.dtype == dtype]
-        for i, value in zip(where, ctx.all_reduce(_SUM, [flat[i] for i in where])):
-            reduced[i] = value
-    return tf.nest.pack_sequence_as(nest, reduced)
-
-
 def _degenerate_summary(patterns: Patterns) -> str:
     lines = [f"  '{name}': " + ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
              for name, counts in patterns.degenerate.items() if any(counts.values())]
@@ -256,111 +263,3 @@ def _degenerate_summary(patterns: Patterns) -> str:
         return f"Patterns fitted on {patterns.samples_seen} samples; no degenerate neuron."
     return (f"Patterns fitted on {patterns.samples_seen} samples. Degenerate neurons (never in "
             "the regime, or zero denominator; their patterns are zero):\n" + "\n".join(lines))
-
-
-class _Fitter:
-    """The compiled per-batch functions of a computer, and the shift they use.
-
-    Accumulators are float64 variables made afresh for each ``compute`` call
-    and passed in as arguments, so the functions are traced once per
-    computer while the accumulators' memory is freed after every call.
-    """
-
-    def __init__(self, computer: PatternComputer) -> None:
-        self.c = computer
-        shapes = computer._graph.shapes
-        self.means = {op.name: tf.Variable(tf.zeros(shapes[op.inputs[0]][op.channel_axis]),
-                                           trainable=False) for op in computer._ops}
-        self.y_shifts = {op.name: tf.Variable(tf.zeros(int(np.prod(
-            computer._layouts[op.name].neuron_shape))), trainable=False) for op in computer._ops}
-        self.step = tf.function(self._distributed_step, reduce_retracing=True, autograph=False)
-        self.shift = tf.function(self._distributed_shift, reduce_retracing=True, autograph=False)
-
-    def accumulators(self) -> dict[str, Any]:
-        """Zero float64 variables for every array of every op's statistics."""
-        acc: dict[str, Any] = {"samples": tf.Variable(tf.zeros((), tf.float64), trainable=False)}
-        for op in self.c._ops:
-            acc[op.name] = {k: tf.Variable(tf.zeros(shape, tf.float64), trainable=False)
-                            for k, shape in self._empty(op).array_shapes().items()}
-        return acc
-
-    def _empty(self, op: KernelOp) -> PatternStatistics:
-        layout = self.c._layouts[op.name]
-        return PatternStatistics(layout.kernel_shape, layout.neuron_axes, self.c._regimes,
-                                 layout.x_shape)
-
-    def _inputs(self, x: Any) -> list[tf.Tensor]:
-        graph = self.c._graph
-        xs = list(x) if isinstance(x, (list, tuple)) else [x]
-        if len(xs) != len(graph.inputs):
-            raise ValueError(f"Model '{self.c.model.name}' has {len(graph.inputs)} inputs; "
-                             f"received batches with {len(xs)} (pass x as a tuple of arrays, "
-                             "and (x, y) tuples for x with labels).")
-        return [tf.cast(t, graph.dtypes[k]) for t, k in zip(xs, graph.inputs)]
-
-    def _replica_sums(self, x: Any) -> dict[str, Any]:
-        sums: dict[str, Any] = {}
-
-        def call(op: Any, *args: tf.Tensor) -> list[tf.Tensor]:
-            if not isinstance(op, KernelOp):
-                return op.forward(*args)
-            kernel, bias = op.get_kernel(), op.get_bias()
-            y = op.linear(args[0], kernel)
-            sums[op.name] = batch_sums(op, self.c._layouts[op.name], args[0], y,
-                                       self.means[op.name], self.y_shifts[op.name],
-                                       self.c._regimes, bias, kernel)
-            return [y if bias is None else y + op.broadcast_bias(bias)]
-
-        xs = self._inputs(x)
-        self.c._graph.run(xs, call=call)
-        sums["samples"] = tf.cast(tf.shape(xs[0])[0], tf.float64)
-        return _all_reduce(sums)
-
-    def _distributed_step(self, acc: dict[str, Any], x: Any) -> tf.Tensor:
-        per_replica = self.c.strategy.run(self._replica_sums, args=(x,))
-        total = self.c.strategy.experimental_local_results(per_replica)[0]
-        for op in self.c._ops:
-            wide = widen(total[op.name])
-            for field, var in acc[op.name].items():
-                var.assign_add(wide[field])
-        acc["samples"].assign_add(total["samples"])
-        return total["samples"]
-
-    def _replica_means(self, x: Any) -> dict[str, Any]:
-        _, values = self.c._graph.run(self._inputs(x), keep=True)
-        sums = {}
-        for op in self.c._ops:
-            v = values[op.inputs[0]]
-            n = tf.cast(tf.size(v), tf.float64) / tf.cast(tf.shape(v)[op.channel_axis], tf.float64)
-            sums[op.name] = (tf.cast(channel_sums(v, op.channel_axis), tf.float64), n)
-        return _all_reduce(sums)
-
-    def _distributed_shift(self, x: Any) -> None:
-        per_replica = self.c.strategy.run(self._replica_means, args=(x,))
-        total = self.c.strategy.experimental_local_results(per_replica)[0]
-        for op in self.c._ops:
-            layout = self.c._layouts[op.name]
-            total_x, n = total[op.name]
-            mean = tf.cast(total_x / tf.maximum(n, 1.0), tf.float32)
-            self.means[op.name].assign(mean)
-            m = layout.shift_kernel(mean)
-            y_shift = tf.reduce_sum(op.get_kernel() * m, axis=layout.fan_in_axes)
-            self.y_shifts[op.name].assign(tf.reshape(y_shift, [-1]))
-
-    def flush(self, acc: dict[str, Any]) -> None:
-        """Moves what ``acc`` accumulated into the computer's float64 statistics.
-
-        Each op's accumulators are freed as soon as they are read.
-        """
-        c = self.c
-        samples = int(acc.pop("samples").numpy())
-        for op in c._ops:
-            layout = c._layouts[op.name]
-            sums = {k: v.numpy() for k, v in acc.pop(op.name).items()}
-            part = self._empty(op)
-            x_shift = layout.shift_kernel(self.means[op.name]).numpy()
-            y_shift = np.reshape(self.y_shifts[op.name].numpy(), layout.neuron_shape)
-            part.update(sums, x_shift, y_shift)
-            old = c._state.get(op.name)
-            c._state[op.name] = old.merge(part) if old is not None else part
-        c._samples += samples

@@ -105,6 +105,7 @@ class PatternStatistics:
         self.neuron_axes = _layout(self.kernel_shape, neuron_axes, self.x_shape)
         self.regimes = bool(regimes)
         self.sums = {name: np.zeros(shape) for name, shape in self.array_shapes().items()}
+        self._empty = True  # no update yet: the first one can take its arrays over
 
     @property
     def neuron_shape(self) -> tuple[int, ...]:
@@ -148,9 +149,11 @@ class PatternStatistics:
                 raise ValueError(f"Statistics array '{name}' has shape {value.shape}; "
                                  f"expected {shape} for kernel shape {stats.kernel_shape}.")
             stats.sums[name] = value.copy()
+        stats._empty = False
         return stats
 
-    def update(self, sums: Mapping[str, Any], x_shift: Any = 0.0, y_shift: Any = 0.0) -> None:
+    def update(self, sums: Mapping[str, Any], x_shift: Any = 0.0, y_shift: Any = 0.0,
+               copy: bool = True) -> None:
         """Adds sums taken around a shift, removing the shift in float64.
 
         Args:
@@ -160,18 +163,22 @@ class PatternStatistics:
             x_shift: Broadcastable to ``x_shape`` (for example the input mean).
             y_shift: Broadcastable to :attr:`neuron_shape`; ``w^T x_shift``
                 keeps the shifted ``y`` small, but any value is exact.
+            copy: ``False`` lets the statistics take over (and modify) float64
+                arrays of ``sums`` of the right shapes instead of copying them.
         """
-        s = {name: np.asarray(sums[name], dtype=np.float64) for name in self.array_shapes()}
+        s = {}
+        for name, shape in self.array_shapes().items():
+            value = np.array(sums[name], dtype=np.float64, copy=copy or None)
+            s[name] = value if value.shape == shape else np.broadcast_to(value, shape).copy()
         m, c = np.asarray(x_shift, np.float64), np.asarray(y_shift, np.float64)
-        raw = _unshift(s["count"], s["sum_x"], s["sum_y"], s["sum_xy"], m, c)
+        work = _unshift(s["count"], s["sum_x"], s["sum_y"], s["sum_xy"], m, c)
         if self.regimes:
-            raw_pos = _unshift(s["count_pos"], s["sum_x_pos"], s["sum_y_pos"], s["sum_xy_pos"],
-                               m, c)
-            raw.update({k + "_pos": v for k, v in raw_pos.items()})
-            raw["count_pos"] = s["count_pos"]
-        raw["count"] = s["count"]
-        for name in self.sums:
-            self.sums[name] += raw.pop(name)
+            _unshift(s["count_pos"], s["sum_x_pos"], s["sum_y_pos"], s["sum_xy_pos"], m, c, work)
+        if self._empty:
+            self.sums, self._empty = s, False
+            return
+        for name, value in s.items():
+            self.sums[name] += value
 
     def merge(self, other: "PatternStatistics") -> "PatternStatistics":
         """New statistics of the samples of ``self`` and ``other`` together."""
@@ -181,42 +188,56 @@ class PatternStatistics:
                              f"and {received}.")
         merged = PatternStatistics(self.kernel_shape, self.neuron_axes, self.regimes, self.x_shape)
         merged.sums = {k: self.sums[k] + other.sums[k] for k in self.sums}
+        merged._empty = False
         return merged
 
-    def finalize(self, kernel: np.ndarray, types: Iterable[str]
+    def finalize(self, kernel: np.ndarray, types: Iterable[str], dtype: Any = np.float64
                  ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-        """The patterns (float64, kernel-shaped) and degenerate-neuron counts.
+        """The patterns (kernel-shaped) and degenerate-neuron counts.
+
+        Computed in float64 whatever ``dtype`` the patterns are returned in.
 
         Args:
             kernel: The layer's kernel ``w`` (bias excluded, BatchNorm folded).
             types: Concrete types: ``"linear"``, ``"relu.positive"``,
                 ``"relu.negative"``.
+            dtype: dtype of the returned patterns.
         """
-        w = np.asarray(kernel, np.float64)
+        w = np.asarray(kernel)
         if w.shape != self.kernel_shape:
             raise ValueError(f"Kernel shape {w.shape} does not match the statistics' "
                              f"kernel shape {self.kernel_shape}.")
         patterns, degenerate = {}, {}
+        work = np.empty(self.kernel_shape)
         for kind in types:
-            numerator, count = self._numerator(kind)
-            patterns[kind], degenerate[kind] = _normalize(numerator, count, w, self.fan_in_axes)
+            numerator = np.empty(self.kernel_shape)
+            count = self._numerator(kind, numerator)
+            degenerate[kind] = _normalize(numerator, count, w, self.fan_in_axes, work)
+            patterns[kind] = numerator.astype(dtype, copy=False)
+            del numerator
         return patterns, degenerate
 
-    def _numerator(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
-        """``n_r (E_r[x y] - E_r[x] E[y])`` for regime r, and ``n_r``."""
+    def _numerator(self, kind: str, out: np.ndarray) -> np.ndarray:
+        """Writes ``n_r (E_r[x y] - E_r[x] E[y])`` of regime r into ``out``; returns ``n_r``."""
         s, n = self.sums, self.sums["count"]
         mean_y = s["sum_y"] / n if n > 0 else np.zeros(self.neuron_shape)
-        sum_x = np.broadcast_to(s["sum_x"], self.kernel_shape)
         if kind == "linear":
-            return s["sum_xy"] - sum_x * mean_y, np.broadcast_to(n, self.neuron_shape)
+            np.multiply(s["sum_x"], mean_y, out=out)
+            np.subtract(s["sum_xy"], out, out=out)
+            return np.broadcast_to(n, self.neuron_shape)
         if kind not in ("relu.positive", "relu.negative") or not self.regimes:
             accepted = ["linear"] + (["relu.positive", "relu.negative"] if self.regimes else [])
             raise ValueError(f"Cannot compute pattern type {kind!r} from these statistics; "
                              f"accepted: {accepted}.")
         if kind == "relu.positive":
-            return s["sum_xy_pos"] - s["sum_x_pos"] * mean_y, s["count_pos"]
-        return ((s["sum_xy"] - s["sum_xy_pos"]) - (sum_x - s["sum_x_pos"]) * mean_y,
-                n - s["count_pos"])
+            np.multiply(s["sum_x_pos"], mean_y, out=out)
+            np.subtract(s["sum_xy_pos"], out, out=out)
+            return s["count_pos"]
+        np.subtract(s["sum_x"], s["sum_x_pos"], out=out)  # negative regime: totals - positive
+        out *= mean_y
+        np.subtract(s["sum_xy"], out, out=out)
+        out -= s["sum_xy_pos"]
+        return n - s["count_pos"]
 
 
 def state_shapes(kernel_shape: Iterable[int], neuron_axes: Iterable[int], regimes: bool,
@@ -257,20 +278,32 @@ def _layout(kernel_shape: tuple[int, ...], neuron_axes: Iterable[int],
     return tuple(sorted(a % rank for a in axes))
 
 
-def _unshift(n: np.ndarray, sx: np.ndarray, sy: np.ndarray, sxy: np.ndarray,
-             m: np.ndarray, c: np.ndarray) -> dict[str, np.ndarray]:
-    """Raw sums from sums of ``x - m`` and ``y - c`` over ``n`` samples."""
-    return {"sum_x": sx + n * m, "sum_y": sy + n * c,
-            "sum_xy": sxy + c * sx + m * sy + n * m * c}
+def _unshift(n: np.ndarray, sx: np.ndarray, sy: np.ndarray, sxy: np.ndarray, m: np.ndarray,
+             c: np.ndarray, work: np.ndarray | None = None) -> np.ndarray:
+    """Turns sums of ``x - m``, ``y - c`` and their product into raw sums, in place.
+
+    ``work`` is a kernel-sized scratch array (made if ``None``, and returned).
+    """
+    work = np.empty(sxy.shape) if work is None else work
+    sxy += np.multiply(sx, c, out=work)
+    sxy += np.multiply(m, sy, out=work)
+    sxy += np.multiply(n * m, c, out=work)
+    sx += n * m
+    sy += n * c
+    return work
 
 
 def _normalize(numerator: np.ndarray, count: np.ndarray, w: np.ndarray,
-               fan_in_axes: tuple[int, ...]) -> tuple[np.ndarray, int]:
-    """``numerator / w^T numerator`` per neuron; zeros for degenerate neurons."""
-    terms = w * numerator
-    denominator = np.sum(terms, axis=fan_in_axes, keepdims=True)
-    scale = np.sum(np.abs(terms), axis=fan_in_axes, keepdims=True)
+               fan_in_axes: tuple[int, ...], work: np.ndarray) -> int:
+    """``numerator / w^T numerator`` per neuron, in place; zeros for degenerate neurons.
+
+    Returns the number of degenerate neurons; ``work`` is kernel-sized scratch.
+    """
+    np.multiply(w, numerator, out=work)
+    denominator = np.sum(work, axis=fan_in_axes, keepdims=True)
+    scale = np.sum(np.abs(work, out=work), axis=fan_in_axes, keepdims=True)
     good = (count > 0) & (np.abs(denominator) > DEGENERATE_RTOL * scale) & np.isfinite(
         denominator)
-    pattern = np.where(good, numerator / np.where(good, denominator, 1.0), 0.0)
-    return pattern, int(np.size(good) - np.count_nonzero(good))
+    numerator /= np.where(good, denominator, 1.0)
+    numerator *= good
+    return int(np.size(good) - np.count_nonzero(good))

@@ -2,10 +2,10 @@
 
 The pattern computer gets every statistic as a kernel gradient (the sum over
 positions of ``patch(x) * g`` is the gradient of ``sum(linear(x, K) * g)``
-with respect to ``K``) and stacks several ``g`` so that one gradient
-computation serves them all.  :class:`KernelLayout` knows, per kind of kernel
-layer, along which axis copies of the kernel can be stacked and how the
-output channels are then interleaved.
+with respect to ``K``).  :class:`KernelLayout` says, per kind of kernel
+layer, which axes index the neurons, which axis only the outputs (all
+neurons read the same inputs along the others), and where the shift of each
+input channel goes in the kernel.
 
 Example:
     >>> import keras
@@ -13,8 +13,8 @@ Example:
     >>> inp = keras.Input((8, 8, 3))
     >>> model = keras.Model(inp, keras.layers.DepthwiseConv2D(3, depth_multiplier=2)(inp))
     >>> layout = layout_of(canonize(model).kernel_ops[0])
-    >>> layout.neuron_axes, layout.channel_groups, layout.x_shape
-    ((2, 3), 3, (3, 3, 3, 1))
+    >>> layout.neuron_axes, layout.x_shape
+    ((2, 3), (3, 3, 3, 1))
 """
 
 from __future__ import annotations
@@ -40,23 +40,19 @@ class KernelLayout:
     Attributes:
         kernel_shape: Shape of the kernel.
         neuron_axes: Axes indexing the output neurons (non-negative).
-        stack_axis: Axis along which copies of the kernel are concatenated
-            (the output axis; within each group for grouped convolutions).
+        out_axis: The neuron axis that does not index input channels: along
+            it every neuron reads the same inputs (ungrouped kernels).
         in_axis: Axis indexing the input channel (within its group).
         groups: Groups of a grouped convolution, else 1.
-        channel_groups: Groups of the output channels once stacked: the
-            convolution's groups, the input channels of a depthwise kernel
-            (each has its own multipliers), else 1.
         padded: Some patches read padding (or, for a transposed convolution,
             miss kernel taps), so shifting ``x`` needs a correction.
     """
 
     kernel_shape: tuple[int, ...]
     neuron_axes: tuple[int, ...]
-    stack_axis: int
+    out_axis: int
     in_axis: int
     groups: int = 1
-    channel_groups: int = 1
     padded: bool = False
 
     @property
@@ -64,7 +60,7 @@ class KernelLayout:
         """Shape of the sum of ``x``: size 1 where all neurons read the same."""
         if self.groups > 1:
             return self.kernel_shape
-        return tuple(1 if i == self.stack_axis else d for i, d in enumerate(self.kernel_shape))
+        return tuple(1 if i == self.out_axis else d for i, d in enumerate(self.kernel_shape))
 
     @property
     def neuron_shape(self) -> tuple[int, ...]:
@@ -80,38 +76,7 @@ class KernelLayout:
         """One neuron's worth of kernel, enough to sum ``x`` (see ``x_shape``)."""
         if self.groups > 1:
             return kernel
-        begin = [0] * len(self.kernel_shape)
-        return tf.slice(kernel, begin, self.x_shape)
-
-    def stack_kernel(self, kernel: tf.Tensor, copies: int) -> tf.Tensor:
-        """``copies`` copies of ``kernel`` as one kernel with more outputs."""
-        if self.groups == 1:
-            return tf.concat([kernel] * copies, axis=self.stack_axis)
-        shape = list(self.kernel_shape)
-        grouped = tf.reshape(kernel, shape[:-1] + [self.groups, shape[-1] // self.groups])
-        stacked = tf.concat([grouped] * copies, axis=-1)
-        return tf.reshape(stacked, shape[:-1] + [shape[-1] * copies])
-
-    def unstack_kernel(self, stacked: tf.Tensor, copies: int) -> list[tf.Tensor]:
-        """Inverse of :meth:`stack_kernel`."""
-        if self.groups == 1:
-            return tf.split(stacked, copies, axis=self.stack_axis)
-        shape = list(self.kernel_shape)
-        grouped = tf.reshape(stacked, shape[:-1] + [self.groups, -1])
-        return [tf.reshape(part, shape) for part in tf.split(grouped, copies, axis=-1)]
-
-    def stack_channels(self, gs: list[tf.Tensor], channel_axis: int) -> tf.Tensor:
-        """Output gradients ``gs`` interleaved as the stacked kernel's outputs."""
-        rank = len(gs[0].shape)
-        axis = channel_axis % rank
-        perm = [i for i in range(rank) if i != axis] + [axis]
-        last = [tf.transpose(g, perm) if axis != rank - 1 else g for g in gs]
-        lead = tf.shape(last[0])[:-1]
-        grouped = [tf.reshape(g, tf.concat([lead, [self.channel_groups, -1]], 0)) for g in last]
-        stacked = tf.reshape(tf.concat(grouped, axis=-1), tf.concat([lead, [-1]], 0))
-        if axis == rank - 1:
-            return stacked
-        return tf.transpose(stacked, [perm.index(i) for i in range(rank)])
+        return tf.slice(kernel, [0] * len(self.kernel_shape), self.x_shape)
 
     def shift_kernel(self, mean: tf.Tensor) -> tf.Tensor:
         """The input shift per input channel, broadcastable to the kernel."""
@@ -134,12 +99,10 @@ def layout_of(op: KernelOp) -> KernelLayout:
     if isinstance(layer, keras.layers.Dense):
         return KernelLayout(shape, (rank - 1,), rank - 1, rank - 2)
     if isinstance(layer, _DEPTHWISE) or op.name.endswith("/depthwise"):
-        return KernelLayout(shape, (rank - 2, rank - 1), rank - 1, rank - 2,
-                            channel_groups=shape[-2], padded=padded)
+        return KernelLayout(shape, (rank - 2, rank - 1), rank - 1, rank - 2, padded=padded)
     if isinstance(layer, _TRANSPOSE):
         return KernelLayout(shape, (rank - 2,), rank - 2, rank - 1, padded=True)
     if op.name.endswith("/pointwise"):  # a separable convolution's 1x1 'valid' half
         return KernelLayout(shape, (rank - 1,), rank - 1, rank - 2)
     groups = int(getattr(layer, "groups", 1))
-    return KernelLayout(shape, (rank - 1,), rank - 1, rank - 2, groups=groups,
-                        channel_groups=groups, padded=padded)
+    return KernelLayout(shape, (rank - 1,), rank - 1, rank - 2, groups=groups, padded=padded)

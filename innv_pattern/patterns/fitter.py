@@ -1,0 +1,212 @@
+"""The compiled per-batch work of a pattern fit, and where its sums accumulate.
+
+One ``tf.function`` runs the forward pass and every kernel op's batch sums
+(:func:`~innv_pattern.patterns.sums.batch_sums`) on each replica and sums
+them over replicas.  The float64 accumulators live where memory is cheapest:
+
+* on the host (numpy) when every device of the strategy is a CPU: each op's
+  float32 sums are added in place as soon as they are ready (from inside the
+  step, through ``tf.numpy_function``), so neither a second float64 copy of
+  the statistics nor all ops' float32 sums at once ever exist (on a CPU,
+  device memory is host memory);
+* on the devices (float64 variables) otherwise, so that GPUs do not ship
+  kernel-sized sums to the host after every batch.
+
+Example:
+    >>> import keras, numpy as np, tensorflow as tf
+    >>> from innv_pattern.patterns import PatternComputer
+    >>> inp = keras.Input((3,))
+    >>> computer = PatternComputer(keras.Model(inp, keras.layers.Dense(2, name="d")(inp)))
+    >>> fitter = Fitter(computer)
+    >>> acc = fitter.accumulators()
+    >>> x = tf.ones((4, 3))
+    >>> fitter.shift(x)
+    >>> fitter.step(acc, x)
+    4
+    >>> samples, stats = fitter.flush(acc)
+    >>> samples, stats["d"].count
+    (4, 4.0)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from innv_pattern.canonize import KernelOp
+from innv_pattern.patterns.estimators import PatternStatistics
+from innv_pattern.patterns.sums import batch_sums, channel_sums, finish
+
+__all__ = ["Fitter", "cpu_only"]
+
+_SUM = tf.distribute.ReduceOp.SUM
+
+
+def cpu_only(strategy: tf.distribute.Strategy) -> bool:
+    """Whether every device the strategy computes on is a CPU."""
+    try:
+        devices = strategy.extended.worker_devices
+    except RuntimeError:  # the default strategy: TensorFlow's default placement
+        return not tf.config.list_logical_devices("GPU")
+    return all(tf.DeviceSpec.from_string(d).device_type.upper() == "CPU" for d in devices)
+
+
+class Fitter:
+    """The compiled functions of a :class:`PatternComputer`, and the shift they use.
+
+    Accumulators are made afresh for each ``compute`` call and passed in as
+    arguments, so the functions are traced once per computer while the
+    accumulators' memory is freed after every call.
+    """
+
+    def __init__(self, computer: Any) -> None:
+        self.c = computer
+        self.on_host = cpu_only(computer.strategy)
+        shapes = computer._graph.shapes
+        self.means = {op.name: tf.Variable(tf.zeros(shapes[op.inputs[0]][op.channel_axis]),
+                                           trainable=False) for op in computer._ops}
+        self.y_shifts = {op.name: tf.Variable(tf.zeros(int(np.prod(
+            computer._layouts[op.name].neuron_shape))), trainable=False) for op in computer._ops}
+        options = dict(reduce_retracing=True, autograph=False)
+        self._host: dict[str, Any] = {}  # the accumulators the host step adds to
+        self._add_on_host = tf.function(self._distributed_host_add, **options)
+        self._accumulate = tf.function(self._distributed_accumulate, **options)
+        self.shift = tf.function(self._distributed_shift, **options)
+
+    def accumulators(self) -> dict[str, Any]:
+        """Zero float64 accumulators (numpy arrays or variables) for every batch sum."""
+        zeros = (np.zeros if self.on_host else
+                 lambda shape: tf.Variable(tf.zeros(shape, tf.float64), trainable=False))
+        acc: dict[str, Any] = {"samples": zeros(())}
+        for op in self.c._ops:
+            acc[op.name] = {k: zeros(shape) for k, shape in self._sum_shapes(op).items()}
+        return acc
+
+    def step(self, acc: dict[str, Any], x: Any) -> int:
+        """Adds one (distributed) batch's sums to ``acc``; returns its number of samples."""
+        if not self.on_host:
+            return int(self._accumulate(acc, x))
+        self._host = acc
+        return int(self._add_on_host(x))
+
+    def _sum_shapes(self, op: KernelOp) -> dict[str, tuple[int, ...]]:
+        """Shapes of :func:`batch_sums`' outputs."""
+        layout = self.c._layouts[op.name]
+        shapes = self.c._graph.shapes
+        out = tuple(shapes[op.outputs[0]][1:])
+        names = ["sum_x_pos", "sum_xy_pos", "sum_xy_neg"] if self.c._regimes else ["sum_xy"]
+        total = (1,) + out if layout.padded else (out[op.channel_axis],)
+        result = {name: layout.kernel_shape for name in names}
+        result.update({"total:" + name: total for name in names})
+        result.update(x_total=(1,) + tuple(shapes[op.inputs[0]][1:]), count=(), images=())
+        return result
+
+    def _inputs(self, x: Any) -> list[tf.Tensor]:
+        graph = self.c._graph
+        xs = list(x) if isinstance(x, (list, tuple)) else [x]
+        if len(xs) != len(graph.inputs):
+            raise ValueError(f"Model '{self.c.model.name}' has {len(graph.inputs)} inputs; "
+                             f"received batches with {len(xs)} (pass x as a tuple of arrays, "
+                             "and (x, y) tuples for x with labels).")
+        return [tf.cast(t, graph.dtypes[k]) for t, k in zip(xs, graph.inputs)]
+
+    def _replica_sums(self, x: Any) -> dict[str, Any]:
+        sums: dict[str, Any] = {}
+
+        def call(op: Any, *args: tf.Tensor) -> list[tf.Tensor]:
+            if not isinstance(op, KernelOp):
+                return op.forward(*args)
+            kernel, bias = op.get_kernel(), op.get_bias()
+            y = op.linear(args[0], kernel)
+            out = y if bias is None else y + op.broadcast_bias(bias)
+            sums[op.name] = batch_sums(op, self.c._layouts[op.name], args[0], y, out,
+                                       self.means[op.name], self.y_shifts[op.name],
+                                       self.c._regimes, kernel)
+            return [out]
+
+        xs = self._inputs(x)
+        self.c._graph.run(xs, call=call)
+        sums["samples"] = tf.cast(tf.shape(xs[0])[0], tf.float64)
+        return _all_reduce(sums)
+
+    def _distributed_sums(self, x: Any) -> dict[str, Any]:
+        per_replica = self.c.strategy.run(self._replica_sums, args=(x,))
+        return self.c.strategy.experimental_local_results(per_replica)[0]
+
+    def _distributed_accumulate(self, acc: dict[str, Any], x: Any) -> tf.Tensor:
+        total = self._distributed_sums(x)
+        for op in self.c._ops:
+            for name, var in acc[op.name].items():
+                var.assign_add(tf.cast(total[op.name][name], tf.float64))
+        acc["samples"].assign_add(total["samples"])
+        return total["samples"]
+
+    def _distributed_host_add(self, x: Any) -> tf.Tensor:
+        total = self._distributed_sums(x)
+        for op in self.c._ops:  # one call per op: its sums are freed once added
+            names = list(total[op.name])
+            tf.numpy_function(self._adder(op.name, names), [total[op.name][n] for n in names],
+                              [], stateful=True)
+        tf.numpy_function(self._adder("samples"), [total["samples"]], [], stateful=True)
+        return total["samples"]
+
+    def _adder(self, key: str, names: list[str] | None = None) -> Any:
+        """Adds its arguments to the host accumulators ``key`` (and ``names``), in place."""
+        def add(*values: np.ndarray) -> None:
+            targets = [self._host[key]] if names is None else [self._host[key][n] for n in names]
+            for target, value in zip(targets, values):
+                np.add(target, value, out=target)
+        return add
+
+    def _replica_means(self, x: Any) -> dict[str, Any]:
+        _, values = self.c._graph.run(self._inputs(x), keep=True)
+        sums = {}
+        for op in self.c._ops:
+            v = values[op.inputs[0]]
+            n = tf.cast(tf.size(v), tf.float64) / tf.cast(tf.shape(v)[op.channel_axis], tf.float64)
+            sums[op.name] = (tf.cast(channel_sums(v, op.channel_axis), tf.float64), n)
+        return _all_reduce(sums)
+
+    def _distributed_shift(self, x: Any) -> None:
+        """Sets the shift: the input channel means of batch ``x``, and ``w^T`` of them."""
+        per_replica = self.c.strategy.run(self._replica_means, args=(x,))
+        total = self.c.strategy.experimental_local_results(per_replica)[0]
+        for op in self.c._ops:
+            layout = self.c._layouts[op.name]
+            total_x, n = total[op.name]
+            mean = tf.cast(total_x / tf.maximum(n, 1.0), tf.float32)
+            self.means[op.name].assign(mean)
+            y_shift = tf.reduce_sum(op.get_kernel() * layout.shift_kernel(mean),
+                                    axis=layout.fan_in_axes)
+            self.y_shifts[op.name].assign(tf.reshape(y_shift, [-1]))
+
+    def flush(self, acc: dict[str, Any]) -> tuple[int, dict[str, PatternStatistics]]:
+        """The samples and float64 statistics ``acc`` holds; empties ``acc`` op by op."""
+        samples = int(np.asarray(acc.pop("samples")))
+        statistics = {}
+        for op in self.c._ops:
+            layout = self.c._layouts[op.name]
+            sums = {k: np.asarray(v) if self.on_host else v.numpy()
+                    for k, v in acc.pop(op.name).items()}
+            found = finish(op, layout, sums, self.means[op.name])
+            x_shift = layout.shift_kernel(tf.cast(self.means[op.name], tf.float64)).numpy()
+            y_shift = np.reshape(self.y_shifts[op.name].numpy(), layout.neuron_shape)
+            stats = PatternStatistics(layout.kernel_shape, layout.neuron_axes, self.c._regimes,
+                                      layout.x_shape)
+            stats.update(found, x_shift, y_shift, copy=False)
+            statistics[op.name] = stats
+        return samples, statistics
+
+
+def _all_reduce(nest: Any) -> Any:
+    """Sums ``nest`` over replicas: one batched all-reduce per dtype, in a fixed order."""
+    ctx = tf.distribute.get_replica_context()
+    flat = tf.nest.flatten(nest)
+    reduced = list(flat)
+    for dtype in sorted({t.dtype for t in flat}, key=lambda d: d.name):
+        where = [i for i, t in enumerate(flat) if t.dtype == dtype]
+        for i, value in zip(where, ctx.all_reduce(_SUM, [flat[i] for i in where])):
+            reduced[i] = value
+    return tf.nest.pack_sequence_as(nest, reduced)
