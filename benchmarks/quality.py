@@ -57,7 +57,7 @@ def analyses(model: keras.Model, x: np.ndarray, fit_data: np.ndarray) -> dict[st
                                                                   verbose=0)
     result = ev.analyze_all(model, x, ANALYZERS, patterns=patterns, analyzer_kwargs=kwargs)
     linear = ip.create_analyzer("pattern.attribution", model, pattern_type="linear",
-                                patterns=patterns.for_type("linear"))
+                                patterns=patterns)
     result[LINEAR_PA] = np.asarray(linear.analyze(x))
     return result
 
@@ -92,14 +92,14 @@ def degradation(model: keras.Model, x: np.ndarray, fit: np.ndarray, patch: int, 
     return {k: {"aopc": c["aopc"], "curve": c["curve"].tolist()} for k, c in curves.items()}
 
 
-def plot_quality(result: dict, name: str) -> None:
+def plot_quality(result: dict, name: str, slug: str) -> None:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(12, 4), layout="constrained")
     for ax, target in zip(fig.subplots(1, 2), ("rectified", "linear")):
         ev.plot_signal_quality(result[target]["rho"], ax=ax,
                                title=f"rho per layer, {name}, target: {target}")
-    fig.savefig(RESULTS / f"quality_rho_{name}.png", dpi=120)
+    fig.savefig(RESULTS / f"quality_rho_{slug}.png", dpi=120)
 
 
 def part_digits() -> dict:
@@ -113,7 +113,9 @@ def part_digits() -> dict:
     out = {"train_seconds": time.perf_counter() - t0, "test_accuracy": accuracy}
     splits = (x[:600], x[600:1200], x[1200:])
     out["quality"] = quality_both(model, splits, max_neurons=None)
-    plot_quality(out["quality"], "digits CNN")
+    plot_quality(out["quality"], "digits CNN", "digits")
+    out["in_sample"] = {t: ev.signal_quality(model, x[:1200], x[:1200], x[:1200], target=t,
+                                             max_neurons=None) for t in ("rectified", "linear")}
     out["ridge_sensitivity"] = {
         str(r): ev.signal_quality(model, *splits, max_neurons=None, ridge=r)
         for r in (1e-6, 1e-4, 1e-2)}
@@ -163,7 +165,7 @@ def part_vgg(epochs: int, max_neurons: int, max_positions: int | None) -> dict:
            "test_accuracy": accuracy, "max_neurons": max_neurons, "max_positions": max_positions}
     out["quality"] = quality_both(model, (x[:1024], x[1024:1536], x[1536:2048]),
                                   max_neurons=max_neurons, max_positions=max_positions)
-    plot_quality(out["quality"], "VGG16-shaped 32x32")
+    plot_quality(out["quality"], "VGG16-shaped 32x32", "vgg16")
     out["degradation"] = degradation(model, x[2048:2080], x[:1024], 4, 64, "vgg16")
     return out
 

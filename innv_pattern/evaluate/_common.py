@@ -55,8 +55,7 @@ def analyze_all(model: Any, x: np.ndarray, analyzer_names: Sequence[str],
         analyzer_names: Names of :func:`innv_pattern.list_analyzers`.
         fit_data: Data to fit the patterns of ``pattern.*`` analyzers (once,
             shared), unless ``patterns`` is given.
-        patterns: Fitted patterns for ``pattern.*`` (``ip.Patterns``, whose
-            type each analyzer needs is taken with ``for_type``, or a dict).
+        patterns: Fitted patterns (``ip.Patterns``) for ``pattern.*``.
         batch_size: Analysis batch size.
         analyzer_kwargs: Extra options per analyzer name.
     """
@@ -76,10 +75,8 @@ def analyze_all(model: Any, x: np.ndarray, analyzer_names: Sequence[str],
     result = {}
     for name in analyzer_names:
         extra = dict(kwargs.get(name, {}))
-        if needs_patterns(name) and "patterns" not in extra:
-            kind = extra.get("pattern_type", "relu")
-            extra["patterns"] = patterns.for_type(kind) if hasattr(patterns, "for_type") \
-                else patterns
+        if needs_patterns(name):
+            extra.setdefault("patterns", patterns)
         analyzer = ip.create_analyzer(name, model, **extra)
         result[name] = np.asarray(analyzer.analyze(x, batch_size=batch_size))
     return result

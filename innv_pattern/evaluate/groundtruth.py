@@ -113,9 +113,9 @@ def plot_explanation_accuracy(results: Mapping[str, Mapping[str, float]], ax: An
         ax.bar(x + (i - (len(metrics) - 1) / 2) * width, [results[n][m] for n in names], width,
                label=m)
     ax.set_xticks(x, names, rotation=45, ha="right")
-    ax.set_ylim(0.0, 1.05)
+    ax.set_ylim(0.0, 1.2)
     ax.set_ylabel("explanation accuracy")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper center", ncol=len(metrics))
     if title:
         ax.set_title(title)
     return fig

@@ -191,8 +191,10 @@ def plot_perturbation_curves(results: Mapping[str, Mapping[str, Any]], ax: Any =
         The matplotlib figure.
     """
     fig, ax = figure_axes(ax, (6.0, 4.0))
-    for label, result in results.items():
-        style = dict(color="black", linestyle="--") if label == "random" else {}
+    colors = [f"C{i}" for i in range(10)]
+    for i, (label, result) in enumerate(results.items()):
+        style = dict(color="black", linestyle="--") if label == "random" else dict(
+            color=colors[i % 10], linestyle=("-", "-.", ":")[(i // 10) % 3])
         ax.plot(result["steps"], result["curve"], label=f"{label} ({result['aopc']:.3f})",
                 **style)
     ax.set_xlabel("perturbation steps (patches replaced by their mean)")

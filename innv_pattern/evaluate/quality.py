@@ -374,8 +374,8 @@ def plot_signal_quality(rho: Mapping[str, Mapping[str, Any]], ax: Any = None,
         The matplotlib figure.
     """
     fig, ax = figure_axes(ax, (7.0, 3.8))
-    labels = {"random": "random", "filter": "$S_w$ (filter)", "linear": "$S_a$ (linear)",
-              "two_component": "$S_{a+-}$ (two-component)"}
+    labels = {"random": "random", "filter": "$S_w$", "linear": "$S_a$",
+              "two_component": "$S_{a+-}$"}
     layers = list(next(iter(rho.values())))
     x = np.arange(len(layers))
     width = 0.8 / max(len(rho), 1)
@@ -384,9 +384,10 @@ def plot_signal_quality(rho: Mapping[str, Mapping[str, Any]], ax: Any = None,
         ax.bar(x + (i - (len(rho) - 1) / 2) * width, values, width, label=labels.get(kind, kind))
     ax.set_xticks(x, layers, rotation=45, ha="right")
     ax.set_ylabel(r"$\rho(S)$")
-    ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.05)
+    ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.3)
     ax.axhline(0.0, color="black", linewidth=0.5)
-    ax.legend(fontsize="small")
+    ax.axhline(1.0, color="grey", linewidth=0.5, linestyle=":")
+    ax.legend(fontsize="small", loc="upper center", ncol=len(rho))
     if title:
         ax.set_title(title)
     return fig
