@@ -214,6 +214,8 @@ def test_sampling_info_errors_and_plot(conv_model):
         signal_quality(conv_model, x, x, x, estimators=("weights",))
     with pytest.raises(ValueError, match="needs fit_data"):
         signal_quality(conv_model, None, x, x)
+    with pytest.raises(ValueError, match="ridge > 0"):
+        signal_quality(conv_model, x, x, x, ridge=0.0)
     with pytest.raises(ValueError, match="Unknown layer"):
         signal_quality(conv_model, x, x, x, layers=["nope"])
     inp = keras.Input((5, 5, 2))

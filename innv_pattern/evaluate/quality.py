@@ -66,6 +66,7 @@ Example:
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any, Mapping, Sequence
 
 import keras
@@ -145,8 +146,6 @@ def _cholesky(cxx: np.ndarray, ridge: float) -> Any:
     eigenvalues (relative to the largest one); where the factorization fails,
     lambda grows tenfold until it succeeds, with a warning.
     """
-    import warnings
-
     import scipy.linalg
 
     lam = ridge * max(np.trace(cxx) / len(cxx), 1e-30)
@@ -165,7 +164,7 @@ def _cholesky(cxx: np.ndarray, ridge: float) -> Any:
                           f"at ridge {ridge:g}; used {ridge * 10 ** attempt:g}.", stacklevel=3)
         return factor
     raise np.linalg.LinAlgError(f"cov[x] ({len(cxx)} dimensions) is not positive definite even "
-                                f"with ridge {ridge * 1e12:g}: it has non-finite values.")
+                                f"with ridge {ridge * 1e11:g}: it has non-finite values.")
 
 
 def _accumulate(graph: CanonicalGraph, layers: list[EvaluatedLayer], data: Any, batch_size: int,
@@ -309,12 +308,12 @@ def signal_quality(model: keras.Model, fit_data: Any, regression_data: Any, eval
         is defined), per-neuron arrays with ``per_neuron=True``; and the
         details with ``return_info=True``.
     """
-    unknown = [e for e in estimators if e not in ESTIMATORS]
-    if unknown or target not in TARGETS or not estimators:
-        raise ValueError(f"estimators must be a non-empty subset of {ESTIMATORS} and target one "
-                         f"of {TARGETS}; received estimators={estimators!r}, target={target!r}.")
+    _check_arguments(estimators, target, max_neurons, max_positions, ridge)
     start = time.perf_counter()
     graph = canonize(model)
+    if len(graph.inputs) != 1:
+        raise ValueError(f"signal_quality handles models with one input; model '{model.name}' "
+                         f"has {len(graph.inputs)}.")
     chosen = select_layers(graph, layers, max_neurons, target, seed)
     if patterns is None and {"linear", "two_component"} & set(estimators):
         patterns = _fit_patterns(model, fit_data, estimators, batch_size)
@@ -329,8 +328,28 @@ def signal_quality(model: keras.Model, fit_data: Any, regression_data: Any, eval
     evaluation = _accumulate(graph, chosen, eval_data, batch_size, max_positions, seed + 1,
                              readouts)
     times["evaluation"] = time.perf_counter() - start - sum(times.values())
+    rho, info = _collect(chosen, estimators, regression, evaluation, per_neuron)
+    info["_seconds"] = times
+    return (rho, info) if return_info else rho
+
+
+def _check_arguments(estimators: Sequence[str], target: str, max_neurons: int | None,
+                     max_positions: int | None, ridge: float) -> None:
+    unknown = [e for e in estimators if e not in ESTIMATORS]
+    if unknown or target not in TARGETS or not estimators:
+        raise ValueError(f"estimators must be a non-empty subset of {ESTIMATORS} and target one "
+                         f"of {TARGETS}; received estimators={estimators!r}, target={target!r}.")
+    if any(v is not None and int(v) < 1 for v in (max_neurons, max_positions)) or ridge <= 0:
+        raise ValueError(f"max_neurons and max_positions must be None or >= 1 and ridge > 0; "
+                         f"received {max_neurons!r}, {max_positions!r}, {ridge!r}.")
+
+
+def _collect(chosen: list[EvaluatedLayer], estimators: Sequence[str],
+             regression: Mapping[str, CoMoments], evaluation: Mapping[str, CoMoments],
+             per_neuron: bool) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """rho per estimator and layer from the evaluation pass, and the details."""
     rho: dict[str, dict[str, Any]] = {e: {} for e in estimators}
-    info: dict[str, Any] = {"_seconds": times}
+    info: dict[str, Any] = {}
     for layer in chosen:
         name = layer.op.name
         cov = evaluation[name].covariances()["ee"]          # (N, 1 + E, 1 + E): t, v^T d
@@ -344,7 +363,7 @@ def signal_quality(model: keras.Model, fit_data: Any, regression_data: Any, eval
                       "target": "rectified" if layer.rectified else "linear",
                       "samples": [regression[name].count, evaluation[name].count],
                       "undefined": int(np.sum(~np.isfinite(corr[:, 0])))}
-    return (rho, info) if return_info else rho
+    return rho, info
 
 
 def _layer_readouts(layer: EvaluatedLayer, estimators: Sequence[str], patterns: Any,
