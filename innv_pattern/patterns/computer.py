@@ -199,24 +199,25 @@ class PatternComputer:
         return dict(loaded.statistics)
 
     def _batches(self, data: Any, batch_size: int | None) -> tuple[Iterable[Any], int | None]:
-        """The per-step inputs (distributed where needed) and the sample target."""
-        target = None
+        """The per-step elements (distributed where needed) and the sample target."""
+        single = self.strategy.num_replicas_in_sync == 1
         if isinstance(data, np.ndarray):
-            target = len(data)
-            data = tf.data.Dataset.from_tensor_slices(data).batch(batch_size or 32)
-        elif batch_size is not None:
+            size = batch_size or 32
+            if single:  # plain slices: no input pipeline competing for the cores
+                return (data[i:i + size] for i in range(0, len(data), size)), len(data)
+            dataset = tf.data.Dataset.from_tensor_slices(data).batch(size)
+            return self.strategy.experimental_distribute_dataset(dataset), len(data)
+        if batch_size is not None:
             raise ValueError(f"batch_size must be None for {type(data).__name__} data, which is "
                              f"already batched; received batch_size={batch_size}. It applies "
                              "to numpy arrays only.")
         if isinstance(data, tf.data.Dataset):
-            data = data.map(_first, num_parallel_calls=tf.data.AUTOTUNE)
-            return self.strategy.experimental_distribute_dataset(data), target
+            return (data if single else self.strategy.experimental_distribute_dataset(data)), None
         if not hasattr(data, "__iter__"):
-            raise TypeError(f"Expected a numpy array, a tf.data.Dataset or an iterable of batches; "
-                            f"received {type(data).__name__}.")
-        if self.strategy.num_replicas_in_sync == 1:
-            return (_first(*_as_tuple(b)) for b in data), target
-        return self._batches(_generator_dataset(iter(data)), None)
+            raise TypeError("Expected a numpy array, a tf.data.Dataset or an iterable of "
+                            f"batches; received {type(data).__name__}.")
+        return (data if single else self.strategy.experimental_distribute_dataset(
+            _generator_dataset(iter(data)))), None
 
 
 def _check_static_shapes(ops: list[KernelOp], graph: Any) -> None:
@@ -232,21 +233,12 @@ def _check_static_shapes(ops: list[KernelOp], graph: Any) -> None:
             "patterns depend on the kernels only and fit the original model too.")
 
 
-def _as_tuple(batch: Any) -> tuple:
-    return batch if isinstance(batch, tuple) else (batch,)
-
-
-def _first(*element: Any) -> Any:
-    """``x`` of an ``x`` or ``(x, y[, sample_weight])`` element."""
-    return element[0]
-
-
 def _generator_dataset(iterator: Iterator[Any]) -> tf.data.Dataset:
     first = next(iterator, None)
     if first is None:
         return tf.data.Dataset.from_tensors(np.zeros((0,))).take(0)
     signature = tf.nest.map_structure(
-        lambda t: tf.TensorSpec((None,) + tuple(np.shape(t))[1:], tf.as_dtype(np.asarray(t).dtype)),
+        lambda t: tf.TensorSpec((None,) + np.shape(t)[1:], tf.as_dtype(np.asarray(t).dtype)),
         first)
 
     def generate() -> Iterator[Any]:

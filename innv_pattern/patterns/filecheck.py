@@ -4,8 +4,8 @@ Everything in a file is distrusted: the header and the JSON metadata are
 checked field by field, the datasets the metadata implies are compared with
 what the file holds (names, links, dtypes, shapes, storage) and their declared
 sizes with the file's size, and only then are arrays read and checked against
-a sha256 checksum.  Errors are :class:`~innv_pattern.patterns.io.PatternFileError`
-with what was found and what was expected.
+a sha256 checksum.  Errors are :class:`PatternFileError` (exported by
+:mod:`innv_pattern.patterns`) with what was found and what was expected.
 
 Example:
     >>> import numpy as np
@@ -24,7 +24,7 @@ import numpy as np
 
 from innv_pattern.patterns.estimators import expand_pattern_type, state_shapes
 
-__all__ = ["check_structure", "checksum", "expected_datasets", "header"]
+__all__ = ["PatternFileError", "check_structure", "checksum", "expected_datasets", "header"]
 
 MAX_RANK = 8
 _ROOT_ATTRS = {"format", "format_version", "metadata", "checksum"}
@@ -32,10 +32,8 @@ _META_TYPES = {"library_version": str, "samples_seen": int, "pattern_type": (str
                "types": list, "fingerprint": dict, "layers": list, "has_statistics": bool}
 
 
-def _error(message: str) -> Exception:
-    from innv_pattern.patterns.io import PatternFileError
-
-    return PatternFileError(message)
+class PatternFileError(ValueError):
+    """A pattern file that cannot be used: damaged, or for another model."""
 
 
 def checksum(metadata: str, datasets: Mapping[str, Any]) -> str:
@@ -52,27 +50,29 @@ def header(f: h5py.File, path: str, format_name: str, version: int) -> dict[str,
     """The validated metadata (with ``checksum``) of an open pattern file."""
     attrs = set(f.attrs.keys())
     if f.attrs.get("format") != format_name:
-        raise _error(f"'{path}' is not an innv_pattern pattern file: its 'format' attribute is "
-                     f"{f.attrs.get('format')!r}; expected {format_name!r}.")
+        raise PatternFileError(f"'{path}' is not an innv_pattern pattern file: its 'format' "
+                               f"attribute is {f.attrs.get('format')!r}; expected "
+                               f"{format_name!r}.")
     if attrs != _ROOT_ATTRS:
-        raise _error(f"'{path}' has root attributes {sorted(attrs)}; expected "
-                     f"{sorted(_ROOT_ATTRS)}.")
+        raise PatternFileError(f"'{path}' has root attributes {sorted(attrs)}; expected "
+                               f"{sorted(_ROOT_ATTRS)}.")
     found = f.attrs["format_version"]
     if not isinstance(found, (int, np.integer)) or found < 1:
-        raise _error(f"'{path}' has format_version {found!r}; expected an integer from 1 "
-                     f"to {version}.")
+        raise PatternFileError(f"'{path}' has format_version {found!r}; expected an integer from "
+                               f"1 to {version}.")
     if found > version:
-        raise _error(f"'{path}' was written in format version {int(found)} by a newer "
-                     f"innv_pattern; this version reads format versions up to {version}. "
-                     "Upgrade innv_pattern to load it.")
+        raise PatternFileError(f"'{path}' was written in format version {int(found)} by a newer "
+                               "innv_pattern; this version reads format versions up to "
+                               f"{version}. Upgrade innv_pattern to load it.")
     text, digest = f.attrs["metadata"], f.attrs["checksum"]
     if not isinstance(text, str) or not isinstance(digest, str) or len(digest) != 64:
-        raise _error(f"'{path}' has a malformed metadata or checksum attribute (received "
-                     f"{type(text).__name__} and {type(digest).__name__}; expected strings).")
+        raise PatternFileError(f"'{path}' has a malformed metadata or checksum attribute "
+                               f"(received {type(text).__name__} and {type(digest).__name__}; "
+                               "expected strings).")
     try:
         meta = json.loads(text)
     except ValueError as err:
-        raise _error(f"'{path}' has metadata that is not valid JSON ({err}).") from None
+        raise PatternFileError(f"'{path}' has metadata that is not valid JSON ({err}).") from None
     _check_metadata(meta, path)
     return {**meta, "checksum": digest}
 
@@ -80,70 +80,74 @@ def header(f: h5py.File, path: str, format_name: str, version: int) -> dict[str,
 def _check_metadata(meta: Any, path: str) -> None:
     if not isinstance(meta, dict) or set(meta) != set(_META_TYPES):
         keys = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
-        raise _error(f"'{path}' has metadata keys {keys}; expected {sorted(_META_TYPES)}.")
+        raise PatternFileError(f"'{path}' has metadata keys {keys}; expected "
+                               f"{sorted(_META_TYPES)}.")
     for key, kind in _META_TYPES.items():
         if not isinstance(meta[key], kind) or (kind is int and isinstance(meta[key], bool)):
-            raise _error(f"'{path}' metadata '{key}' is {meta[key]!r}; expected {kind}.")
+            raise PatternFileError(f"'{path}' metadata '{key}' is {meta[key]!r}; expected {kind}.")
     try:
         expected_types = expand_pattern_type(meta["pattern_type"])
     except (ValueError, TypeError) as err:
-        raise _error(f"'{path}' has an unknown pattern type: {err}") from None
+        raise PatternFileError(f"'{path}' has an unknown pattern type: {err}") from None
     types = meta["types"]
     if (not types or types[0] != expected_types[0] or len(set(types)) != len(types)
             or any(t not in expected_types for t in types)):
-        raise _error(f"'{path}' holds pattern types {types!r}, which do not fit its pattern_type "
-                     f"{meta['pattern_type']!r} (expected types among {list(expected_types)}, "
-                     f"starting with {expected_types[0]!r}).")
+        raise PatternFileError(f"'{path}' holds pattern types {types!r}, which do not fit its "
+                               f"pattern_type {meta['pattern_type']!r} (expected types among "
+                               f"{list(expected_types)}, starting with {expected_types[0]!r}).")
     _check_fingerprint(meta["fingerprint"], path)
     if meta["samples_seen"] < 0:
-        raise _error(f"'{path}' has samples_seen {meta['samples_seen']}; expected >= 0.")
+        raise PatternFileError(f"'{path}' has samples_seen {meta['samples_seen']}; expected >= 0.")
     _check_layers(meta, path)
 
 
 def _check_fingerprint(fp: Any, path: str) -> None:
     keys = {"names", "shapes", "kernel_digests", "weights_digest"}
     if set(fp) != keys or not isinstance(fp["weights_digest"], str):
-        raise _error(f"'{path}' has a fingerprint with keys {sorted(fp)}; expected {sorted(keys)}.")
+        raise PatternFileError(f"'{path}' has a fingerprint with keys {sorted(fp)}; expected "
+                               f"{sorted(keys)}.")
     names, shapes, digests = fp["names"], fp["shapes"], fp["kernel_digests"]
     if not (isinstance(names, list) and isinstance(shapes, list) and isinstance(digests, list)
             and len(names) == len(shapes) == len(digests) and names
             and all(isinstance(n, str) for n in names) and len(set(names)) == len(names)
             and all(isinstance(d, str) for d in digests)):
-        raise _error(f"'{path}' has a malformed fingerprint: expected equally long, non-empty "
-                     "lists of distinct layer names, kernel shapes and digests.")
+        raise PatternFileError(f"'{path}' has a malformed fingerprint: expected equally long, "
+                               "non-empty lists of distinct layer names, kernel shapes and "
+                               "digests.")
     for name, shape in zip(names, shapes):
         if (not isinstance(shape, list) or not 1 <= len(shape) <= MAX_RANK
                 or any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in shape)):
-            raise _error(f"'{path}' declares kernel shape {shape!r} for layer '{name}'; expected "
-                         f"1 to {MAX_RANK} positive integers.")
+            raise PatternFileError(f"'{path}' declares kernel shape {shape!r} for layer '{name}'; "
+                                   f"expected 1 to {MAX_RANK} positive integers.")
 
 
 def _check_layers(meta: dict[str, Any], path: str) -> None:
     names, shapes = meta["fingerprint"]["names"], meta["fingerprint"]["shapes"]
     layers = meta["layers"]
     if len(layers) != len(names):
-        raise _error(f"'{path}' describes {len(layers)} layers; its fingerprint lists "
-                     f"{len(names)}.")
+        raise PatternFileError(f"'{path}' describes {len(layers)} layers; its fingerprint lists "
+                               f"{len(names)}.")
     for name, shape, layer in zip(names, shapes, layers):
         if not isinstance(layer, dict) or set(layer) != {"name", "degenerate", "statistics"}:
-            raise _error(f"'{path}' has a malformed entry for layer '{name}'.")
+            raise PatternFileError(f"'{path}' has a malformed entry for layer '{name}'.")
         if layer["name"] != name:
-            raise _error(f"'{path}' lists layer {layer['name']!r} where its fingerprint has "
-                         f"'{name}'.")
+            raise PatternFileError(f"'{path}' lists layer {layer['name']!r} where its fingerprint "
+                                   f"has '{name}'.")
         degenerate = layer["degenerate"]
         if not isinstance(degenerate, dict) or any(
                 k not in meta["types"] or not isinstance(v, int) or isinstance(v, bool)
                 or not 0 <= v <= int(np.prod(shape)) for k, v in degenerate.items()):
-            raise _error(f"'{path}' has degenerate-neuron counts {degenerate!r} for layer "
-                         f"'{name}'; expected counts per pattern type within the layer's size.")
+            raise PatternFileError(f"'{path}' has degenerate-neuron counts {degenerate!r} for "
+                                   f"layer '{name}'; expected counts per pattern type within the "
+                                   "layer's size.")
         stats = layer["statistics"]
         if (stats is None) == meta["has_statistics"]:
-            raise _error(f"'{path}' has statistics for layer '{name}' {stats!r} although "
-                         f"has_statistics is {meta['has_statistics']}.")
-        if stats is not None and (not isinstance(stats, dict) or stats.get("kernel_shape") != shape):
-            raise _error(f"'{path}' has statistics for layer '{name}' of kernel shape "
-                         f"{stats.get('kernel_shape') if isinstance(stats, dict) else stats!r}; "
-                         f"expected {shape}.")
+            raise PatternFileError(f"'{path}' has statistics for layer '{name}' {stats!r} "
+                                   f"although has_statistics is {meta['has_statistics']}.")
+        declared = stats.get("kernel_shape") if isinstance(stats, dict) else stats
+        if stats is not None and declared != shape:
+            raise PatternFileError(f"'{path}' has statistics for layer '{name}' of kernel shape "
+                                   f"{declared!r}; expected {shape}.")
 
 
 def expected_datasets(meta: dict[str, Any], path: str) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -159,12 +163,13 @@ def expected_datasets(meta: dict[str, Any], path: str) -> dict[str, tuple[tuple[
             fields = state_shapes(config["kernel_shape"], config["neuron_axes"],
                                   config["regimes"], config["x_shape"])
         except (KeyError, TypeError, ValueError) as err:
-            raise _error(f"'{path}' has invalid statistics layout for layer '{name}': "
-                         f"{err}") from None
+            raise PatternFileError(f"'{path}' has invalid statistics layout for layer '{name}': "
+                                   f"{err}") from None
         if set(config) != {"kernel_shape", "neuron_axes", "regimes", "x_shape"} or not isinstance(
                 config["regimes"], bool):
-            raise _error(f"'{path}' has statistics layout keys {sorted(config)} for layer "
-                         f"'{name}'; expected kernel_shape, neuron_axes, regimes, x_shape.")
+            raise PatternFileError(f"'{path}' has statistics layout keys {sorted(config)} for "
+                                   f"layer '{name}'; expected kernel_shape, neuron_axes, regimes, "
+                                   "x_shape.")
         expected.update({f"statistics/{i}/{k}": (s, "<f8") for k, s in fields.items()})
     return expected
 
@@ -175,19 +180,21 @@ def check_structure(f: h5py.File, expected: dict[str, tuple[tuple[int, ...], str
     declared = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize
                    for shape, dtype in expected.values())
     if declared > file_size:
-        raise _error(f"'{path}' declares {declared} bytes of arrays but the file has only "
-                     f"{file_size} bytes: truncated, or its shapes are not to be believed.")
+        raise PatternFileError(f"'{path}' declares {declared} bytes of arrays but the file has "
+                               f"only {file_size} bytes: truncated, or its shapes are not to be "
+                               "believed.")
     groups = {key.rsplit("/", i)[0] for key in expected for i in range(1, key.count("/") + 1)}
     found: dict[str, Any] = {}
     _walk(f, "", found, path)
     unexpected = sorted(set(found) - set(expected) - groups)
     missing = sorted(set(expected) - set(found))
     if unexpected:
-        raise _error(f"'{path}' holds unexpected objects {unexpected[:10]}; expected only "
-                     "pattern and statistics arrays of the layers its metadata lists.")
+        raise PatternFileError(f"'{path}' holds unexpected objects {unexpected[:10]}; expected "
+                               "only pattern and statistics arrays of the layers its metadata "
+                               "lists.")
     if missing:
-        raise _error(f"'{path}' lacks datasets {missing[:10]} that its metadata implies "
-                     "(missing layer or pattern type).")
+        raise PatternFileError(f"'{path}' lacks datasets {missing[:10]} that its metadata implies "
+                               "(missing layer or pattern type).")
     for key, (shape, dtype) in expected.items():
         _check_dataset(found[key], key, shape, dtype, path)
 
@@ -196,10 +203,11 @@ def _walk(group: h5py.Group, prefix: str, found: dict[str, Any], path: str) -> N
     for name in group:
         key = f"{prefix}{name}"
         if not isinstance(group.get(name, getlink=True), h5py.HardLink):
-            raise _error(f"'{path}' holds a link '{key}'; pattern files hold no links.")
+            raise PatternFileError(f"'{path}' holds a link '{key}'; pattern files hold no links.")
         obj = group[name]
         if len(obj.attrs):
-            raise _error(f"'{path}' has unexpected attributes {list(obj.attrs)} on '{key}'.")
+            raise PatternFileError(f"'{path}' has unexpected attributes {list(obj.attrs)} on "
+                                   f"'{key}'.")
         found[key] = obj
         if isinstance(obj, h5py.Group):
             _walk(obj, key + "/", found, path)
@@ -207,15 +215,16 @@ def _walk(group: h5py.Group, prefix: str, found: dict[str, Any], path: str) -> N
 
 def _check_dataset(obj: Any, key: str, shape: tuple[int, ...], dtype: str, path: str) -> None:
     if not isinstance(obj, h5py.Dataset):
-        raise _error(f"'{path}': '{key}' is a {type(obj).__name__}; expected a dataset.")
+        raise PatternFileError(f"'{path}': '{key}' is a {type(obj).__name__}; expected a dataset.")
     if obj.dtype != np.dtype(dtype):
-        raise _error(f"'{path}': dataset '{key}' has dtype {obj.dtype}; expected "
-                     f"{np.dtype(dtype)}.")
+        raise PatternFileError(f"'{path}': dataset '{key}' has dtype {obj.dtype}; expected "
+                               f"{np.dtype(dtype)}.")
     if tuple(obj.shape) != tuple(shape):
-        raise _error(f"'{path}': dataset '{key}' has shape {tuple(obj.shape)}; expected "
-                     f"{tuple(shape)}.")
+        raise PatternFileError(f"'{path}': dataset '{key}' has shape {tuple(obj.shape)}; expected "
+                               f"{tuple(shape)}.")
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     if obj.chunks is not None or obj.id.get_create_plist().get_nfilters() or (
             obj.id.get_storage_size() != nbytes):
-        raise _error(f"'{path}': dataset '{key}' stores {obj.id.get_storage_size()} bytes "
-                     f"(chunks {obj.chunks}); expected {nbytes} contiguous, unfiltered bytes.")
+        raise PatternFileError(f"'{path}': dataset '{key}' stores {obj.id.get_storage_size()} "
+                               f"bytes (chunks {obj.chunks}); expected {nbytes} contiguous, "
+                               "unfiltered bytes.")

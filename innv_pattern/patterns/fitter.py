@@ -103,8 +103,10 @@ class Fitter:
         result.update(x_total=(1,) + tuple(shapes[op.inputs[0]][1:]), count=(), images=())
         return result
 
-    def _inputs(self, x: Any) -> list[tf.Tensor]:
+    def _inputs(self, element: Any) -> list[tf.Tensor]:
+        """The model inputs of a batch: ``x``, or ``x`` of ``(x, y[, sample_weight])``."""
         graph = self.c._graph
+        x = element[0] if isinstance(element, tuple) else element
         xs = list(x) if isinstance(x, (list, tuple)) else [x]
         if len(xs) != len(graph.inputs):
             raise ValueError(f"Model '{self.c.model.name}' has {len(graph.inputs)} inputs; "

@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import uuid
@@ -34,20 +33,17 @@ import keras
 import numpy as np
 
 from innv_pattern.canonize import CanonicalGraph
+from innv_pattern.patterns import filecheck
 from innv_pattern.patterns.estimators import (PATTERN_TYPES, PatternStatistics,
                                               expand_pattern_type)
+from innv_pattern.patterns.filecheck import PatternFileError
 from innv_pattern.patterns.fingerprint import Fingerprint
-from innv_pattern.patterns import filecheck
 
 __all__ = ["FORMAT_VERSION", "PatternFileError", "Patterns"]
 
 #: Version of the file layout written by :meth:`Patterns.save`.
 FORMAT_VERSION = 1
 FORMAT_NAME = "innv_pattern.patterns"
-
-
-class PatternFileError(ValueError):
-    """A pattern file that cannot be used: damaged, or for another model."""
 
 
 def _library_version() -> str:
