@@ -144,8 +144,8 @@ def layer_kind(layer: Any, n_inputs: int, same_shape: bool) -> str:
     op = operation_name(layer)
     if op is not None:
         return _operation_kind(op, n_inputs, same_shape)
-    if isinstance(layer, L.UpSampling2D) and layer.interpolation != "nearest":
-        return AFFINE
+    if isinstance(layer, L.UpSampling2D):
+        return ROUTING if layer.interpolation == "nearest" else AFFINE
     for kind, classes in _LAYER_KINDS:
         if isinstance(layer, classes):
             return kind

@@ -14,7 +14,7 @@ import tensorflow as tf
 import innv_pattern as ip
 from innv_pattern import kinds
 from innv_pattern import rules as ip_rules
-from innv_pattern.canonize import KernelOp, LayerOp, canonize
+from innv_pattern.canonize import LayerOp, canonize
 
 L = keras.layers
 
@@ -27,6 +27,9 @@ KERNEL_LAYERS = [
     ("conv2d", (7, 7, 3), lambda: L.Conv2D(4, 3, padding="same")),
     ("conv2d_first", (3, 7, 7), lambda: L.Conv2D(4, 3, data_format="channels_first")),
     ("conv2d_groups", (7, 7, 4), lambda: L.Conv2D(6, 3, groups=2)),
+    ("conv2d_one_channel_groups", (7, 7, 3), lambda: L.Conv2D(6, 3, groups=3, padding="same")),
+    ("conv1d_one_channel_groups_first", (3, 9),
+     lambda: L.Conv1D(6, 3, groups=3, data_format="channels_first")),
     ("conv3d", (5, 5, 5, 2), lambda: L.Conv3D(3, 2, strides=2)),
     ("depthwise1d", (9, 3), lambda: L.DepthwiseConv1D(3, depth_multiplier=2)),
     ("depthwise2d", (7, 7, 3), lambda: L.DepthwiseConv2D(3, depth_multiplier=2, padding="same")),
@@ -254,3 +257,135 @@ def test_z_rule_on_unfolded_batchnorm_is_the_affine_z_rule():
     s = bn.gamma.numpy() / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
     z = s * (x - bn.moving_mean.numpy()) + bn.beta.numpy()
     np.testing.assert_allclose(got, x * s * relevance / z, rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------
+# Merges, gates, keras.ops calls and normalization: kinds and rules.
+# --------------------------------------------------------------------------
+def _op_of(model, layer_name):
+    return next(op for op in canonize(model).ops if op.name == layer_name)
+
+
+def test_z_rule_splits_at_add_and_subtract_in_proportion_to_contributions():
+    a, b = keras.Input((4,)), keras.Input((4,))
+    model = keras.Model([a, b], [L.Add(name="add")([a, b]), L.Subtract(name="sub")([a, b])])
+    xa, xb = np.abs(_data((4,))), np.abs(_data((4,), seed=2))
+    relevance = _data((4,), seed=3)
+    for name, sign in (("add", 1.0), ("sub", -1.0)):
+        op = _op_of(model, name)
+        assert op.kind == kinds.AFFINE
+        ra, rb = _rule_backward(ip_rules.ZRule(op, {}), [xa, xb], relevance)
+        z = xa + sign * xb
+        np.testing.assert_allclose(ra, xa * relevance / z, rtol=1e-4)
+        np.testing.assert_allclose(rb, sign * xb * relevance / z, rtol=1e-4)
+        np.testing.assert_allclose(ra + rb, relevance, rtol=1e-4, atol=1e-6)
+
+
+def _se_block(gate_activation="sigmoid"):
+    inp = keras.Input((4, 4, 3))
+    h = L.Conv2D(3, 1)(inp)
+    gate = L.Dense(3, activation=gate_activation)(L.GlobalAveragePooling2D()(h))
+    gate = L.Reshape((1, 1, 3))(gate)
+    return keras.Model(inp, L.Multiply(name="excite")([h, gate]))
+
+
+def test_squeeze_excite_multiply_is_a_gate_whose_signal_gets_all_relevance():
+    model = _se_block()
+    op = _op_of(model, "excite")
+    assert op.kind == kinds.GATE and op.gates == (1,)
+    h, gate = _data((4, 4, 3)), 1 / (1 + np.exp(-_data((1, 1, 3), seed=4)))
+    relevance = _data((4, 4, 3), seed=5)
+    r_signal, r_gate = _rule_backward(ip_rules.ZRule(op, {}), [h, gate], relevance)
+    np.testing.assert_allclose(r_signal, relevance, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(r_gate, 0.0)
+    g_signal, g_gate = _rule_backward(ip_rules.LinearizedRule(op, {}), [h, gate], relevance)
+    np.testing.assert_allclose(g_signal, relevance * gate, rtol=1e-5)
+    np.testing.assert_array_equal(g_gate, 0.0)
+
+
+@pytest.mark.parametrize("build", [
+    lambda h: L.Multiply(name="excite")([h, h]),
+    lambda h: L.Multiply(name="excite")([h, L.Activation("relu")(h)]),
+], ids=["square", "relu_product"])
+def test_products_of_signals_are_not_gates(build):
+    inp = keras.Input((3,))
+    op = _op_of(keras.Model(inp, build(inp)), "excite")
+    assert op.kind == kinds.OTHER
+    with pytest.raises(ValueError, match="'excite' \\(Multiply\\)"):
+        ip.create_analyzer("lrp.z", keras.Model(inp, build(inp)))
+
+
+@pytest.mark.parametrize("build, kind", [
+    (lambda x: x * 2.0, kinds.DIAGONAL),
+    (lambda x: 1.0 - x / 3.0, kinds.DIAGONAL),
+    (lambda x: -x, kinds.DIAGONAL),
+    (lambda x: x * np.ones((2, 1, 6), "float32"), kinds.AFFINE),
+    (lambda x: x + x * 2.0, kinds.AFFINE),
+    (lambda x: keras.ops.mean(x, axis=1), kinds.AFFINE),
+    (lambda x: keras.ops.reshape(x, (-1, 3, 2)), kinds.ROUTING),
+    (lambda x: keras.ops.transpose(x), kinds.ROUTING),
+    (lambda x: keras.ops.max(x, axis=1), kinds.MAX),
+    (lambda x: x * x, kinds.OTHER),
+    (lambda x: keras.ops.exp(x), kinds.OTHER),
+], ids=["times", "rsub_div", "neg", "broadcast", "add", "mean", "reshape", "transpose", "max",
+        "square", "exp"])
+def test_keras_ops_calls_get_kinds(build, kind):
+    inp = keras.Input((6,))
+    graph = canonize(keras.Model(inp, build(inp)))
+    assert [op.kind for op in graph.ops if isinstance(op, LayerOp)][-1] == kind
+
+
+@pytest.mark.parametrize("layer, name", [
+    (L.ReLU(), "relu"), (L.ReLU(max_value=6.0), "relu6"), (L.ReLU(negative_slope=0.1), "relu_custom"),
+    (L.LeakyReLU(0.2), "leaky_relu"), (L.ELU(), "elu"), (L.PReLU(), "prelu"),
+    (L.Activation("swish"), "silu"), (L.Activation("gelu"), "gelu"),
+    (L.Activation("hard_sigmoid"), "hard_sigmoid"), (L.Activation(keras.ops.tanh), "tanh"),
+])
+def test_activation_layers_get_canonical_names(layer, name):
+    inp = keras.Input((4,))
+    (op,) = canonize(keras.Model(inp, L.Dense(2)(layer(inp)))).ops[:1]
+    assert op.activation == name and name in kinds.ELEMENTWISE
+
+
+@pytest.mark.parametrize("call, name", [(keras.ops.relu, "relu"), (keras.ops.relu6, "relu6"),
+                                        (keras.ops.silu, "silu"), (keras.ops.leaky_relu, "leaky_relu"),
+                                        (keras.ops.sigmoid, "sigmoid"), (keras.ops.tanh, "tanh")])
+def test_keras_ops_activations_are_activation_ops(call, name):
+    inp = keras.Input((4,))
+    (op,) = canonize(keras.Model(inp, call(inp))).ops
+    assert op.activation == name
+
+
+def test_layer_norm_z_rule_holds_the_standard_deviation_constant():
+    """R_x = x * J^T (R / z) with J = gamma / sigma (I - 1/n), by hand."""
+    inp = keras.Input((5,))
+    norm = L.LayerNormalization(name="norm")
+    model = keras.Model(inp, norm(inp))
+    rng = np.random.default_rng(6)
+    norm.gamma.assign(rng.uniform(0.5, 2, 5).astype("float32"))
+    norm.beta.assign(rng.normal(0, 1, 5).astype("float32"))
+    op = _op_of(model, "norm")
+    assert op.kind == kinds.LAYER_NORM
+    x, relevance = _data((5,)), _data((5,), seed=7)
+    got = _rule_backward(ip_rules.ZRule(op, {}), [x], relevance)[0]
+    x64 = x.astype(np.float64)
+    sigma = np.sqrt(x64.var(axis=1, keepdims=True) + norm.epsilon)
+    z = (x64 - x64.mean(axis=1, keepdims=True)) / sigma * norm.gamma.numpy() + norm.beta.numpy()
+    v = relevance / z * norm.gamma.numpy() / sigma
+    np.testing.assert_allclose(got, x64 * (v - v.mean(axis=1, keepdims=True)), rtol=1e-3, atol=1e-5)
+
+
+def test_convnext_layer_scale_is_diagonal():
+    from keras.src.applications.convnext import LayerScale
+
+    inp = keras.Input((4, 4, 3))
+    (op,) = canonize(keras.Model(inp, LayerScale(0.5, 3, name="scale")(inp))).ops
+    assert op.kind == kinds.DIAGONAL
+
+
+@pytest.mark.parametrize("name, shape, factory", KERNEL_LAYERS, ids=IDS)
+def test_every_canonical_tensor_has_its_static_shape(name, shape, factory):
+    graph = canonize(_kernel_bn_model(shape, factory))
+    _, values = graph.run([tf.constant(_data(shape, n=2))], keep=True)
+    for key, value in values.items():
+        assert graph.shapes[key][1:] == tuple(value.shape)[1:], (name, key)
