@@ -39,7 +39,10 @@ class PatternComputer:
     transposed convolutions; BatchNormalization folded in) is fitted in the
     same forward pass: one compiled ``tf.function`` per batch.  Statistics
     are float64 sums, so a fit can be stopped, saved, resumed, and fits on
-    separate shards merged (:meth:`save_state`, :meth:`load_state`).
+    separate shards merged (:meth:`save_state`, :meth:`load_state`).  They
+    take 24 bytes per kernel weight (three kernel-shaped float64 sums; one
+    with ``pattern_type="linear"``) plus an input and an output image per
+    kernel layer, whatever the amount of data.
 
     Args:
         model: A functional or Sequential Keras 3 model.
