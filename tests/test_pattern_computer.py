@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from pattern_reference import balance_biases, reference_patterns
+from pattern_reference import balance_biases, patterns_from_samples, reference_patterns
 
 from innv_pattern.canonize import canonize
 from innv_pattern.patterns import PatternComputer, Patterns, fitter
@@ -163,6 +163,24 @@ def test_transposed_convolution_matches_reference():
     balance_biases(model, x)
     patterns = PatternComputer(model, ("linear", "relu")).compute(x, batch_size=50, verbose=0)
     assert_matches_reference(model, patterns, x)
+
+
+def test_shared_layer_pattern_is_fitted_on_all_its_calls():
+    """A layer called twice has one kernel, so one pattern, from both calls' inputs."""
+    keras.utils.set_random_seed(12)
+    a, b = keras.Input((4,)), keras.Input((4,))
+    shared = keras.layers.Dense(3, activation="relu", name="shared")
+    joined = keras.layers.Concatenate()([shared(a), shared(b)])
+    model = keras.Model([a, b], keras.layers.Dense(2, name="out")(joined))
+    shared.bias.assign([0.1, -0.2, 0.3])
+    xa, xb = data((4,), 200), data((4,), 200, seed=1, offset=2.0)
+    patterns = PatternComputer(model, ("linear", "relu")).compute(
+        [[xa[i:i + 50], xb[i:i + 50]] for i in range(0, 200, 50)], verbose=0)
+    assert list(patterns) == ["shared", "out"] and patterns.statistics["shared"].count == 400
+    w, bias = shared.kernel.numpy().astype(float), shared.bias.numpy().astype(float)
+    expected = patterns_from_samples(np.concatenate([xa, xb]).astype(float), w, bias)
+    for kind in patterns.types:
+        assert relative_error(patterns.for_type(kind)["shared"], expected[kind]) < 1e-5
 
 
 def test_large_offset_inputs_match_float64_reference():

@@ -67,6 +67,9 @@ class PatternComputer:
             raise ValueError(f"Model '{model.name}' has no kernel layer (Dense or convolution); "
                              "there is nothing to fit patterns for.")
         self._layouts = {op.name: layout_of(op) for op in self._ops}
+        self._keys: dict[str, KernelOp] = {}  # pattern key -> first call of the layer
+        for op in self._ops:
+            self._keys.setdefault(op.pattern_key, op)  # a shared layer's calls share one
         _check_static_shapes(self._ops, self._graph)
         self._regimes = any(t.startswith("relu") for t in self.types)
         self._state: dict[str, PatternStatistics] = {}
@@ -80,7 +83,7 @@ class PatternComputer:
 
     @property
     def statistics(self) -> dict[str, PatternStatistics]:
-        """The accumulated statistics by kernel-op name."""
+        """The accumulated statistics by pattern key (kernel-op name; one per shared layer)."""
         return dict(self._state)
 
     def reset(self) -> None:
@@ -151,11 +154,11 @@ class PatternComputer:
             raise ValueError("No statistics yet: call compute(data) or load_state(path) first.")
         by_type: dict[str, dict[str, np.ndarray]] = {t: {} for t in self.types}
         degenerate = {}
-        for op in self._ops:
-            found, degenerate[op.name] = self._state[op.name].finalize(
+        for key, op in self._keys.items():
+            found, degenerate[key] = self._state[key].finalize(
                 op.get_kernel().numpy(), self.types, np.float32)
             for kind, pattern in found.items():
-                by_type[kind][op.name] = pattern
+                by_type[kind][key] = pattern
         return Patterns(by_type, self.pattern_type, Fingerprint.of(self.model, self._graph),
                         samples_seen=self._samples, degenerate=degenerate,
                         statistics=dict(self._state))
@@ -189,13 +192,13 @@ class PatternComputer:
         if loaded.statistics is None:
             raise ValueError("These patterns carry no statistics (saved with statistics=False), "
                              "so they cannot be resumed or merged. Fit again.")
-        for op in self._ops:
-            stats, layout = loaded.statistics[op.name], self._layouts[op.name]
+        for key, op in self._keys.items():
+            stats, layout = loaded.statistics[key], self._layouts[op.name]
             expected = (layout.kernel_shape, layout.neuron_axes, self._regimes, layout.x_shape)
             received = (stats.kernel_shape, stats.neuron_axes, stats.regimes, stats.x_shape)
             if received != expected:
                 raise ValueError(
-                    f"Statistics of layer '{op.name}' (kernel shape, neuron axes, regimes, "
+                    f"Statistics of layer '{key}' (kernel shape, neuron axes, regimes, "
                     f"x shape) = {received} do not fit this computer's {expected}; pattern "
                     f"type {loaded.pattern_type!r} was fitted, this computer fits "
                     f"{self.pattern_type!r}.")

@@ -40,7 +40,8 @@ class Fingerprint:
     """Identifies the model a set of patterns belongs to.
 
     Attributes:
-        names: Kernel-op names (the pattern keys), in graph order.
+        names: The pattern keys (kernel-op names; a shared layer's calls share
+            one), in graph order.
         shapes: Kernel shape of each op.
         kernel_digests: sha256 of the weights of each op's layer.
         weights_digest: sha256 of all the model's weights (BatchNormalization
@@ -57,10 +58,12 @@ class Fingerprint:
     def of(cls, model: keras.Model, graph: CanonicalGraph | None = None) -> "Fingerprint":
         """The fingerprint of ``model`` (``graph``: its canonical graph, if at hand)."""
         graph = canonize(model) if graph is None else graph
-        ops = graph.kernel_ops
-        return cls(tuple(op.name for op in ops),
-                   tuple(tuple(int(d) for d in op.kernel_shape) for op in ops),
-                   tuple(_digest(op.layer.weights) for op in ops),
+        ops = {}  # one per pattern key: the calls of a shared layer share its kernel
+        for op in graph.kernel_ops:
+            ops.setdefault(op.pattern_key, op)
+        return cls(tuple(ops),
+                   tuple(tuple(int(d) for d in op.kernel_shape) for op in ops.values()),
+                   tuple(_digest(op.layer.weights) for op in ops.values()),
                    _digest(model.weights))
 
     def to_json(self) -> dict[str, Any]:

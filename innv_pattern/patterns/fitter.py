@@ -185,7 +185,11 @@ class Fitter:
             self.y_shifts[op.name].assign(tf.reshape(y_shift, [-1]))
 
     def flush(self, acc: dict[str, Any]) -> tuple[int, dict[str, PatternStatistics]]:
-        """The samples and float64 statistics ``acc`` holds; empties ``acc`` op by op."""
+        """The samples and float64 statistics (by pattern key) ``acc`` holds.
+
+        Empties ``acc`` op by op; the calls of a shared layer add up to one
+        statistics object.
+        """
         samples = int(np.asarray(acc.pop("samples")))
         statistics = {}
         for op in self.c._ops:
@@ -198,7 +202,8 @@ class Fitter:
             stats = PatternStatistics(layout.kernel_shape, layout.neuron_axes, self.c._regimes,
                                       layout.x_shape)
             stats.update(found, x_shift, y_shift, copy=False)
-            statistics[op.name] = stats
+            key = op.pattern_key
+            statistics[key] = statistics[key].merge(stats) if key in statistics else stats
         return samples, statistics
 
 
