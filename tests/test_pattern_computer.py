@@ -87,6 +87,8 @@ def conv_model() -> keras.Model:
     return keras.Sequential([
         keras.Input((9, 9, 2)),
         keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="same"),
+        keras.layers.Conv2D(4, 3, groups=4, padding="same", activation="relu",
+                            name="one_channel_groups"),
         keras.layers.DepthwiseConv2D(3, depth_multiplier=2, strides=2, padding="same",
                                      activation="relu", name="depthwise"),
         keras.layers.Conv2D(4, 2, groups=2, activation="relu", name="grouped"),
@@ -144,6 +146,7 @@ def test_dense_model_all_types_match_reference():
 
 
 def test_conv_models_match_reference_same_valid_strides_depthwise_groups():
+    """'same' and 'valid' padding, strides, depthwise (with multiplier) and grouped kernels."""
     model = conv_model()
     x = data((9, 9, 2), 200, offset=1.0)
     balance_biases(model, x)
