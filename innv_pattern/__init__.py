@@ -20,6 +20,7 @@ _EXPORTS = {
     "list_analyzers": "innv_pattern.analyzers",
     "PatternComputer": "innv_pattern.patterns",
     "Patterns": "innv_pattern.patterns",
+    "PatternFileError": "innv_pattern.patterns",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
