@@ -7,7 +7,9 @@
 * ``vgg``: ``keras.applications.VGG16(weights=None, input_shape=(32, 32, 3))``,
   briefly trained on digits upscaled to 32x32 (``--vgg-epochs``): rho on 2,048
   samples (1,024 to fit the patterns, 512 for the read-out, 512 to evaluate),
-  timed per stage; degradation curves.
+  timed per stage; degradation curves (8x8 patches: a 4x4 patch of an image
+  upscaled from 8x8 is nearly constant, so replacing it by its mean removes
+  almost nothing).
 * ``groundtruth``: explanation accuracy of every analyzer on images with a
   known signal and a suppressor (:func:`innv_pattern.datasets.ground_truth_images`),
   for a linear model and for a nonlinear CNN on the XOR variant.
@@ -166,7 +168,7 @@ def part_vgg(epochs: int, max_neurons: int, max_positions: int | None) -> dict:
     out["quality"] = quality_both(model, (x[:1024], x[1024:1536], x[1536:2048]),
                                   max_neurons=max_neurons, max_positions=max_positions)
     plot_quality(out["quality"], "VGG16-shaped 32x32", "vgg16")
-    out["degradation"] = degradation(model, x[2048:2080], x[:1024], 4, 64, "vgg16")
+    out["degradation"] = degradation(model, x[2048:2112], x[:1024], 8, 16, "vgg16")
     return out
 
 
