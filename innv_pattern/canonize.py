@@ -211,7 +211,7 @@ def _split(node: Node, shapes: dict, dtypes: dict) -> list[Op]:
                              activation=activation, fn=_activation_fn(node))]
     if not isinstance(layer, KERNEL_LAYERS) or len(node.inputs) != 1:
         same = bool(node.inputs) and shapes[node.outputs[0]] == shapes[node.inputs[0]]
-        kind = kinds.layer_kind(layer, len(node.inputs), same)
+        kind = kinds.layer_kind(layer, len(node.inputs), same, node.tensor_positions())
         return [LayerOp(node.name, layer, node.inputs, node.outputs, node=node, kind=kind)]
     kernel_ops = _kernel_ops(node, shapes, dtypes)
     act = getattr(layer, "activation", None)

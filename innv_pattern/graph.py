@@ -65,6 +65,13 @@ class Node:
             return tuple(values[k] for k in self.inputs), {}
         return self._arguments.fill_in(by_id)
 
+    def tensor_positions(self) -> tuple[int, ...]:
+        """Positions of the positional call arguments that are graph tensors."""
+        if self._arguments is None:
+            return tuple(range(len(self.inputs)))
+        return tuple(i for i, arg in enumerate(self._arguments.args)
+                     if isinstance(arg, keras.KerasTensor))
+
     def run(self, values: dict[int, Any]) -> list[Any]:
         """Calls the layer as the model does (inference mode)."""
         args, kwargs = self.call_args(values)

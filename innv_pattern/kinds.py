@@ -62,6 +62,13 @@ ELEMENTWISE = RECTIFIERS | SQUASHING | frozenset({
 GATE_ACTIVATIONS = frozenset({"sigmoid", "hard_sigmoid"})
 
 L = keras.layers
+
+
+def _recent(*names: str) -> tuple[type, ...]:
+    """Layer classes that only recent Keras versions have (adaptive pooling)."""
+    return tuple(getattr(L, name) for name in names if hasattr(L, name))
+
+
 _LAYER_KINDS: tuple[tuple[str, tuple[type, ...]], ...] = (
     (ROUTING, (
         L.InputLayer, L.Flatten, L.Reshape, L.Permute, L.Dropout, L.SpatialDropout1D,
@@ -73,14 +80,14 @@ _LAYER_KINDS: tuple[tuple[str, tuple[type, ...]], ...] = (
         L.RandomBrightness)),
     (MAX, (
         L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.GlobalMaxPooling1D,
-        L.GlobalMaxPooling2D, L.GlobalMaxPooling3D, L.Maximum, L.Minimum,
-        L.AdaptiveMaxPooling1D, L.AdaptiveMaxPooling2D, L.AdaptiveMaxPooling3D)),
+        L.GlobalMaxPooling2D, L.GlobalMaxPooling3D, L.Maximum, L.Minimum)
+     + _recent("AdaptiveMaxPooling1D", "AdaptiveMaxPooling2D", "AdaptiveMaxPooling3D")),
     (AFFINE, (
         L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
         L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
-        L.AdaptiveAveragePooling1D, L.AdaptiveAveragePooling2D,
-        L.AdaptiveAveragePooling3D, L.Add, L.Subtract, L.Average, L.Resizing,
-        L.CenterCrop)),
+        L.Add, L.Subtract, L.Average, L.Resizing, L.CenterCrop)
+     + _recent("AdaptiveAveragePooling1D", "AdaptiveAveragePooling2D",
+               "AdaptiveAveragePooling3D")),
     (DIAGONAL, (L.BatchNormalization, L.Rescaling, L.Normalization)),
     (LAYER_NORM, (L.LayerNormalization,)),
     (PRODUCT, (L.Multiply,)),
@@ -130,20 +137,23 @@ def operation_activation(layer: Any) -> str | None:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-def layer_kind(layer: Any, n_inputs: int, same_shape: bool) -> str:
+def layer_kind(layer: Any, n_inputs: int, same_shape: bool,
+               positions: tuple[int, ...] = (0,)) -> str:
     """The kind of a layer or ``keras.ops`` call that is no kernel layer or activation.
 
     Args:
         layer: The called layer or operation.
         n_inputs: How many tensor arguments the call has (``x * x`` has two).
         same_shape: Its output has the shape of its (first) input.
+        positions: Positions of the tensors among the positional arguments
+            (``2 / x`` has the tensor at 1: not affine).
     """
     special = application_layer_kind(layer)
     if special is not None:
         return DIAGONAL if special == "channel_scale" else ROUTING
     op = operation_name(layer)
     if op is not None:
-        return _operation_kind(op, n_inputs, same_shape)
+        return _operation_kind(op, n_inputs, same_shape, positions)
     if isinstance(layer, L.UpSampling2D):
         return ROUTING if layer.interpolation == "nearest" else AFFINE
     for kind, classes in _LAYER_KINDS:
@@ -152,13 +162,16 @@ def layer_kind(layer: Any, n_inputs: int, same_shape: bool) -> str:
     return OTHER
 
 
-def _operation_kind(op: str, n_inputs: int, same_shape: bool) -> str:
+def _operation_kind(op: str, n_inputs: int, same_shape: bool,
+                    positions: tuple[int, ...]) -> str:
     if op in _ROUTING_OPS:
         return ROUTING
     if op in _MAX_OPS:
         return MAX
     if op in _LINEAR_OPS and n_inputs == 1:
         return AFFINE
+    if op in ("Divide", "TrueDivide") and positions != (0,):
+        return OTHER
     if op in _ARITHMETIC_OPS and n_inputs == 1:
         return DIAGONAL if same_shape else AFFINE
     if op in ("Add", "Subtract"):

@@ -30,7 +30,7 @@ from innv_pattern.rules import (DeconvReLURule, GradientRule, GuidedReLURule, Li
                                 PassRule, PatternRule, Rule, ZRule)
 
 __all__ = ["RULE_MAPS", "Entry", "FallbackWarning", "RuleMap", "UnsupportedLayerError",
-           "bind", "fallbacks", "warn_fallbacks"]
+           "bind", "describe", "fallbacks", "warn_fallbacks"]
 
 
 class UnsupportedLayerError(ValueError):

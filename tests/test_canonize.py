@@ -326,9 +326,11 @@ def test_products_of_signals_are_not_gates(build):
     (lambda x: keras.ops.transpose(x), kinds.ROUTING),
     (lambda x: keras.ops.max(x, axis=1), kinds.MAX),
     (lambda x: x * x, kinds.OTHER),
+    (lambda x: 2.0 / x, kinds.OTHER),
+    (lambda x: x / x, kinds.OTHER),
     (lambda x: keras.ops.exp(x), kinds.OTHER),
 ], ids=["times", "rsub_div", "neg", "broadcast", "add", "mean", "reshape", "transpose", "max",
-        "square", "exp"])
+        "square", "reciprocal", "ratio", "exp"])
 def test_keras_ops_calls_get_kinds(build, kind):
     inp = keras.Input((6,))
     graph = canonize(keras.Model(inp, build(inp)))
