@@ -21,6 +21,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 import warnings
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -31,6 +33,9 @@ from innv_pattern.rules import (DeconvReLURule, GradientRule, GuidedReLURule, Li
 
 __all__ = ["RULE_MAPS", "Entry", "FallbackWarning", "RuleMap", "UnsupportedLayerError",
            "bind", "describe", "fallbacks", "warn_fallbacks"]
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
 
 class UnsupportedLayerError(ValueError):
@@ -195,9 +200,12 @@ def fallbacks(graph: CanonicalGraph, rule_map: RuleMap) -> dict[str, list[str]]:
     return found
 
 
-def warn_fallbacks(graph: CanonicalGraph, rule_map: RuleMap, analyzer: str,
-                   stacklevel: int = 4) -> None:
-    """Warns once, naming the layers, if ``analyzer`` falls back anywhere in ``graph``."""
+def warn_fallbacks(graph: CanonicalGraph, rule_map: RuleMap, analyzer: str) -> None:
+    """Warns once, naming the layers, if ``analyzer`` falls back anywhere in ``graph``.
+
+    The warning points at the first caller outside this package (the user's
+    ``create_analyzer`` line).
+    """
     found = fallbacks(graph, rule_map)
     if not found:
         return
@@ -205,7 +213,15 @@ def warn_fallbacks(graph: CanonicalGraph, rule_map: RuleMap, analyzer: str,
     warnings.warn(
         f"Analyzer '{analyzer}' is defined for networks of kernel layers, ReLUs, pooling "
         f"and sums; this model has {sum(map(len, found.values()))} layer(s) it handles "
-        "approximately:\n" + "\n".join(lines), FallbackWarning, stacklevel=stacklevel)
+        "approximately:\n" + "\n".join(lines), FallbackWarning, stacklevel=_outside_package())
+
+
+def _outside_package() -> int:
+    """The ``stacklevel`` of the first frame outside this package, seen from our caller."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def describe(op: Op) -> str:

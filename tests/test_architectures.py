@@ -170,7 +170,7 @@ def test_smooth_activations_warn_once_naming_every_layer(smooth_model, name):
     if name not in RELU_THEORY:
         assert not caught
         return
-    assert len(caught) == 1
+    assert len(caught) == 1 and caught[0].filename == __file__  # points at the caller
     message = str(caught[0].message)
     assert all(f"'act{i}'" in message for i in range(len(ACTIVATIONS))), message
 
