@@ -41,19 +41,10 @@ import tensorflow as tf  # noqa: E402
 
 from innv_pattern.patterns import PatternComputer  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from analyze import small_cnn  # noqa: E402  (the same small CNN in every benchmark)
+
 TIME_TARGET, MEMORY_TARGET = 2.0, 1.5
-
-
-def small_cnn() -> keras.Model:
-    """A digits-sized CNN (32x32x3 input)."""
-    inp = keras.Input((32, 32, 3))
-    x = keras.layers.Conv2D(32, 3, activation="relu", padding="same")(inp)
-    x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.Conv2D(64, 3, activation="relu", padding="same")(x)
-    x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(128, activation="relu")(x)
-    return keras.Model(inp, keras.layers.Dense(10, activation="softmax")(x))
 
 
 MODELS = {
