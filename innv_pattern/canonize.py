@@ -17,6 +17,14 @@ The model's final softmax is replaced by the identity, so analyses explain the
 pre-softmax output.  Kernels are read from the layer's variables at call time,
 so the rewrite follows later changes of the weights.
 
+Precision: every op computes in float32 (or float64 for a float64 model), also
+for float16/bfloat16 models and mixed-precision policies.  Kernels, biases and
+folded BatchNormalization parameters are cast to float32; activations run on
+float32 tensors; other layers without weights (pooling, reshapes, merges,
+padding) run as float32 copies of themselves.  Only a low-precision layer with
+weights that is not folded (e.g. a BatchNormalization after an ``Add``) still
+computes at its own precision; its output is cast back to float32.
+
 Example:
     >>> import keras
     >>> inp = keras.Input((8, 8, 3))
@@ -46,7 +54,24 @@ __all__ = [
     "LayerOp",
     "Op",
     "canonize",
+    "widen",
 ]
+
+#: Float dtypes that analyses and statistics never compute in: widened to float32.
+NARROW_FLOATS = ("float16", "bfloat16")
+
+
+def widen(t: Any) -> Any:
+    """``t`` cast to float32 if it is a float16 or bfloat16 tensor (or variable), else ``t``.
+
+    Example:
+        >>> widen(tf.ones(2, tf.float16)).dtype.name
+        'float32'
+    """
+    dtype = getattr(t, "dtype", None)
+    if dtype is not None and tf.as_dtype(dtype).name in NARROW_FLOATS:
+        return tf.cast(t, tf.float32)
+    return t
 
 _CONV = (
     keras.layers.Conv1D,
@@ -131,7 +156,7 @@ class ActivationOp(Op):
     fn: Callable[[tf.Tensor], tf.Tensor] = None
 
     def forward(self, *xs: tf.Tensor) -> list[tf.Tensor]:
-        return [self.fn(xs[0])]
+        return [widen(self.fn(xs[0]))]
 
 
 @dataclasses.dataclass(eq=False)
@@ -150,7 +175,7 @@ class LayerOp(Op):
     gates: tuple[int, ...] = ()
 
     def forward(self, *xs: tf.Tensor) -> list[tf.Tensor]:
-        return self.node.run(dict(zip(self.node.inputs, xs)))
+        return [widen(t) for t in self.node.run(dict(zip(self.node.inputs, xs)))]
 
 
 @dataclasses.dataclass(eq=False)
@@ -190,7 +215,8 @@ def canonize(model: keras.Model, strip_softmax: bool = True) -> CanonicalGraph:
     """
     graph = Graph.from_model(model)
     ops: list[Op] = []
-    shapes, dtypes = dict(graph.shapes), dict(graph.dtypes)
+    shapes = dict(graph.shapes)
+    dtypes = {k: "float32" if d in NARROW_FLOATS else d for k, d in graph.dtypes.items()}
     for node in graph.nodes:
         ops.extend(_split(node, shapes, dtypes))
     ops = _resolve_products(_fold_batchnorm(ops, graph.outputs, shapes))
@@ -212,7 +238,8 @@ def _split(node: Node, shapes: dict, dtypes: dict) -> list[Op]:
     if not isinstance(layer, KERNEL_LAYERS) or len(node.inputs) != 1:
         same = bool(node.inputs) and shapes[node.outputs[0]] == shapes[node.inputs[0]]
         kind = kinds.layer_kind(layer, len(node.inputs), same, node.tensor_positions())
-        return [LayerOp(node.name, layer, node.inputs, node.outputs, node=node, kind=kind)]
+        return [LayerOp(node.name, layer, node.inputs, node.outputs, node=_in_float32(node),
+                        kind=kind)]
     kernel_ops = _kernel_ops(node, shapes, dtypes)
     act = getattr(layer, "activation", None)
     name = kinds.activation_name(act)
@@ -225,6 +252,26 @@ def _split(node: Node, shapes: dict, dtypes: dict) -> list[Op]:
     kernel_ops[-1] = dataclasses.replace(last, outputs=(pre,))
     return kernel_ops + [ActivationOp(node.name + "/activation", layer, (pre,),
                                       node.outputs, activation=name, fn=act)]
+
+
+def _in_float32(node: Node) -> Node:
+    """The call of a low-precision layer without weights, made by a float32 copy of the layer.
+
+    Keras casts a layer's inputs to its compute dtype; a copy made from the
+    layer's config with ``dtype="float32"`` computes the same function in
+    float32.  Layers with weights, and layers that cannot be rebuilt from
+    their config, are called as they are.
+    """
+    layer = node.layer
+    policy = getattr(layer, "dtype_policy", None)
+    if (not isinstance(layer, keras.layers.Layer) or policy is None or layer.weights
+            or policy.compute_dtype not in NARROW_FLOATS):
+        return node
+    try:
+        twin = type(layer).from_config({**layer.get_config(), "dtype": "float32"})
+    except Exception:  # noqa: BLE001 - any layer that cannot be rebuilt keeps its precision
+        return node
+    return dataclasses.replace(node, layer=twin)
 
 
 def _activation_of(node: Node) -> str | None:
@@ -257,13 +304,13 @@ def _kernel_ops(node: Node, shapes: dict, dtypes: dict) -> list[KernelOp]:
         return _separable_ops(node, common, shapes, dtypes)
     return [KernelOp(node.name, inputs=node.inputs, outputs=node.outputs,
                      linear=_linear_fn(layer),
-                     get_kernel=lambda: tf.convert_to_tensor(layer.kernel),
+                     get_kernel=lambda: widen(tf.convert_to_tensor(layer.kernel)),
                      kernel_shape=tuple(layer.kernel.shape), **common)]
 
 
 def _bias_fn(layer: Any) -> Callable[[], tf.Tensor | None]:
     if getattr(layer, "use_bias", True) and getattr(layer, "bias", None) is not None:
-        return lambda: tf.convert_to_tensor(layer.bias)
+        return lambda: widen(tf.convert_to_tensor(layer.bias))
     return lambda: None
 
 
@@ -279,13 +326,13 @@ def _separable_ops(node: Node, common: dict, shapes: dict, dtypes: dict) -> list
     depthwise = KernelOp(
         node.name + "/depthwise", inputs=node.inputs, outputs=(mid,),
         linear=lambda x, k: keras.ops.depthwise_conv(x, k, **conv),
-        get_kernel=lambda: tf.convert_to_tensor(layer.depthwise_kernel),
+        get_kernel=lambda: widen(tf.convert_to_tensor(layer.depthwise_kernel)),
         kernel_shape=tuple(layer.depthwise_kernel.shape),
         **{**common, "get_bias": lambda: None})
     pointwise = KernelOp(
         node.name + "/pointwise", inputs=(mid,), outputs=node.outputs,
         linear=lambda x, k: keras.ops.conv(x, k, data_format=layer.data_format),
-        get_kernel=lambda: tf.convert_to_tensor(layer.pointwise_kernel),
+        get_kernel=lambda: widen(tf.convert_to_tensor(layer.pointwise_kernel)),
         kernel_shape=tuple(layer.pointwise_kernel.shape), **common)
     return [depthwise, pointwise]
 
@@ -355,8 +402,9 @@ def _folded(kernel_op: KernelOp, bn_op: Op) -> KernelOp:
     transpose = isinstance(kernel_op.layer, _TRANSPOSE)
 
     def scale() -> tf.Tensor:
-        gamma = tf.convert_to_tensor(bn.gamma) if bn.scale else 1.0
-        return gamma * tf.math.rsqrt(tf.convert_to_tensor(bn.moving_variance) + bn.epsilon)
+        gamma = widen(tf.convert_to_tensor(bn.gamma)) if bn.scale else 1.0
+        return gamma * tf.math.rsqrt(widen(tf.convert_to_tensor(bn.moving_variance))
+                                     + bn.epsilon)
 
     def kernel() -> tf.Tensor:
         k = old_kernel()
@@ -369,8 +417,8 @@ def _folded(kernel_op: KernelOp, bn_op: Op) -> KernelOp:
 
     def bias() -> tf.Tensor:
         b = old_bias()
-        mean = tf.convert_to_tensor(bn.moving_mean)
-        beta = tf.convert_to_tensor(bn.beta) if bn.center else 0.0
+        mean = widen(tf.convert_to_tensor(bn.moving_mean))
+        beta = widen(tf.convert_to_tensor(bn.beta)) if bn.center else 0.0
         return ((b if b is not None else 0.0) - mean) * scale() + beta
 
     return dataclasses.replace(kernel_op, outputs=bn_op.outputs, get_kernel=kernel,
