@@ -91,8 +91,25 @@ class PatternComputer:
         self._state, self._samples = {}, 0
 
     def compute(self, data: Any, batch_size: int | None = None, steps: int | None = None,
-                verbose: int = 1, resume: bool = False) -> Patterns:
+                verbose: int = 1, resume: bool = False,
+                checkpoint: str | os.PathLike | None = None,
+                checkpoint_every: int = 100) -> Patterns:
         """Fits the patterns in one pass over ``data``.
+
+        With ``checkpoint``, a fit that runs for hours loses at most
+        ``checkpoint_every`` batches: the statistics are saved to that file
+        (atomically: a crash mid-write leaves the previous checkpoint) every
+        ``checkpoint_every`` batches, when the pass ends, and when it is
+        interrupted (``KeyboardInterrupt``, a bad batch, any exception).
+        After a crash, run the same call again with ``resume=True``: it loads
+        the checkpoint and skips the samples the checkpoint has seen.  Each
+        checkpoint costs one flush of the accumulators and one file write
+        (24 bytes per kernel weight, the size of the statistics).
+
+        Example:
+            >>> computer = PatternComputer(model)  # doctest: +SKIP
+            >>> patterns = computer.compute(x_train, checkpoint="fit.partial.h5",
+            ...                             resume=True)  # doctest: +SKIP
 
         Args:
             data: A ``tf.data.Dataset`` of ``x`` or ``(x, y)`` batches (``x`` a
@@ -101,23 +118,57 @@ class PatternComputer:
                 ``compute(..., resume=True)`` continues where this one stopped).
             batch_size: Batch size for a numpy array (default 32); must be
                 ``None`` for anything already batched.
-            steps: Stop after this many batches (default: all of ``data``).
+            steps: Stop after this many batches (default: all of ``data``;
+                skipped batches do not count).
             verbose: 1 shows a progress bar (samples seen, throughput) and a
                 summary of degenerate neurons, 0 is silent.
             resume: Add to the statistics accumulated so far (by earlier calls
-                or :meth:`load_state`) instead of starting afresh.
+                or :meth:`load_state`) instead of starting afresh.  With an
+                existing ``checkpoint`` file, first replace them by the
+                checkpoint's and skip, from the start of ``data``, the samples
+                it holds beyond those the computer held: whole batches of a
+                dataset or iterable (a skip that ends inside a batch is an
+                error: resume with the batching of the interrupted fit), a
+                slice of a numpy array.  ``data`` must be the same stream, in
+                the same order, as in the interrupted call.
+            checkpoint: An HDF5 file to keep the statistics in while fitting
+                (a :class:`Patterns` file with statistics; ``load_state``
+                reads it).  Without ``resume`` an existing file is
+                overwritten at the first checkpoint.
+            checkpoint_every: Batches between checkpoints (positive).
 
         Returns:
             The :class:`~innv_pattern.patterns.Patterns` of all the data seen.
             If the pass is interrupted, the statistics of every batch that
-            completed are kept: :meth:`save_state` and resume later.
+            completed are kept (and saved to ``checkpoint``): :meth:`save_state`
+            and resume later.
+
+        Raises:
+            ValueError: No data at all; a checkpoint that does not fit ``data``
+                or the computer; or a batch of the wrong structure or shape,
+                or with NaN or infinite values (or sums that overflow inside
+                the model).  A bad batch's message gives its index (0-based,
+                among the batches of this call after any skipped ones); it
+                adds nothing, and every earlier batch is kept.
+            TypeError: A batch that is not numbers (strings, objects).
         """
+        if int(checkpoint_every) < 1:
+            raise ValueError(f"checkpoint_every must be a positive number of batches; received "
+                             f"{checkpoint_every!r}.")
         if not resume:
             self.reset()
-        batches, target = self._batches(data, batch_size)
+        before = self._state, self._samples
+        skip = (self._load_checkpoint(checkpoint, verbose)
+                if resume and checkpoint is not None else 0)
+        try:
+            batches, target = self._batches(data, batch_size, skip)
+        except BaseException:  # data that does not line up with the checkpoint: change nothing
+            self._state, self._samples = before
+            raise
         bar = keras.utils.Progbar(target, verbose=verbose, unit_name="sample",
                                   stateful_metrics=["samples/s"]) if verbose else None
-        if self._accumulate(itertools.islice(batches, steps), bar) == 0 and not self._state:
+        saving = None if checkpoint is None else (os.fspath(checkpoint), int(checkpoint_every))
+        if self._accumulate(itertools.islice(batches, steps), bar, saving) == 0 and not self._state:
             raise ValueError("Received no data: the data gave no batch (or steps=0). Pass a "
                              "non-empty numpy array, tf.data.Dataset or iterable of batches.")
         patterns = self.patterns()
@@ -125,28 +176,64 @@ class PatternComputer:
             print(_degenerate_summary(patterns))
         return patterns
 
-    def _accumulate(self, batches: Iterable[Any], bar: keras.utils.Progbar | None) -> int:
-        """Runs the compiled step on each batch; keeps what completed, even if interrupted."""
+    def _load_checkpoint(self, checkpoint: str | os.PathLike, verbose: int) -> int:
+        """Loads an existing checkpoint; returns the samples of the data it has seen."""
+        if not os.path.exists(checkpoint):
+            return 0
+        held = self._samples
+        self.load_state(checkpoint)
+        skip = self._samples - held
+        if skip < 0:
+            raise ValueError(f"Checkpoint '{os.fspath(checkpoint)}' holds {self._samples} "
+                             f"samples, fewer than the {held} this computer held before; it is "
+                             "not a checkpoint of this fit. Remove it, or pass resume=False.")
+        if verbose:
+            print(f"Resuming from checkpoint '{os.fspath(checkpoint)}': {self._samples} samples; "
+                  f"skipping the first {skip} of the data.")
+        return skip
+
+    def _accumulate(self, batches: Iterable[Any], bar: keras.utils.Progbar | None,
+                    saving: tuple[str, int] | None = None) -> int:
+        """Runs the compiled step on each batch; keeps what completed, even if interrupted.
+
+        ``saving`` is ``(checkpoint path, batches between checkpoints)``; a
+        checkpoint flushes the accumulators into the state, starts fresh ones
+        (a flush empties them) and saves the state.  The state is saved, too,
+        when the pass ends or is interrupted with batches not yet saved.
+        """
         self._fitter = self._fitter or Fitter(self)
         acc = self._fitter.accumulators()
-        start, seen, done = time.perf_counter(), 0, 0
+        start, seen, done, pending, unsaved = time.perf_counter(), 0, 0, 0, False
         try:
             for x in batches:
+                self._fitter.check(x, done)
                 if done == 0:
                     self._fitter.shift(x)
-                seen += self._fitter.step(acc, x)
-                done += 1
+                seen += self._fitter.step(acc, x, done)
+                done, pending = done + 1, pending + 1
+                if saving is not None and pending == saving[1]:
+                    full, acc, pending = acc, self._fitter.accumulators(), 0
+                    self._merge(full)
+                    unsaved = True
+                    self.save_state(saving[0])
+                    unsaved = False
                 if bar is not None:
                     rate = seen / max(time.perf_counter() - start, 1e-9)
                     bar.update(seen, values=[("samples/s", rate)])
         finally:
-            if done:
-                samples, statistics = self._fitter.flush(acc)
-                for name, stats in statistics.items():
-                    old = self._state.get(name)
-                    self._state[name] = old.merge(stats) if old is not None else stats
-                self._samples += samples
+            if pending:
+                self._merge(acc)
+            if saving is not None and (pending or unsaved):
+                self.save_state(saving[0])
         return seen
+
+    def _merge(self, acc: dict[str, Any]) -> None:
+        """Flushes ``acc`` (emptying it) into the state."""
+        samples, statistics = self._fitter.flush(acc)
+        for name, stats in statistics.items():
+            old = self._state.get(name)
+            self._state[name] = old.merge(stats) if old is not None else stats
+        self._samples += samples
 
     def patterns(self) -> Patterns:
         """Patterns from the statistics accumulated so far."""
@@ -204,11 +291,19 @@ class PatternComputer:
                     f"{self.pattern_type!r}.")
         return dict(loaded.statistics)
 
-    def _batches(self, data: Any, batch_size: int | None) -> tuple[Iterable[Any], int | None]:
-        """The per-step elements (distributed where needed) and the sample target."""
+    def _batches(self, data: Any, batch_size: int | None,
+                 skip: int = 0) -> tuple[Iterable[Any], int | None]:
+        """The per-step elements (distributed where needed) and the sample target.
+
+        The first ``skip`` samples are left out: sliced off a numpy array,
+        whole batches of anything else.
+        """
         single = self.strategy.num_replicas_in_sync == 1
         if isinstance(data, np.ndarray):
-            size = batch_size or 32
+            if skip > len(data):
+                raise ValueError(f"Cannot skip the {skip} samples a checkpoint has seen: the "
+                                 f"data has {len(data)}. Resume on the data of that fit.")
+            data, size = data[skip:], batch_size or 32
             if single:  # plain slices: no input pipeline competing for the cores
                 return (data[i:i + size] for i in range(0, len(data), size)), len(data)
             dataset = tf.data.Dataset.from_tensor_slices(data).batch(size)
@@ -218,12 +313,18 @@ class PatternComputer:
                              f"already batched; received batch_size={batch_size}. It applies "
                              "to numpy arrays only.")
         if isinstance(data, tf.data.Dataset):
+            if skip:
+                sizes = data.map(lambda *e: tf.shape(tf.nest.flatten(e)[0])[0])
+                data = data.skip(_skipped_batches(sizes.as_numpy_iterator(), skip))
             return (data if single else self.strategy.experimental_distribute_dataset(data)), None
         if not hasattr(data, "__iter__"):
             raise TypeError("Expected a numpy array, a tf.data.Dataset or an iterable of "
                             f"batches; received {type(data).__name__}.")
-        return (data if single else self.strategy.experimental_distribute_dataset(
-            _generator_dataset(iter(data)))), None
+        iterator = iter(data)
+        if skip:
+            _skipped_batches((_batch_size(b) for b in iterator), skip)
+        return (iterator if single else self.strategy.experimental_distribute_dataset(
+            _generator_dataset(iterator))), None
 
 
 def _check_static_shapes(ops: list[KernelOp], graph: Any) -> None:
@@ -237,6 +338,29 @@ def _check_static_shapes(ops: list[KernelOp], graph: Any) -> None:
             f"every kernel layer; received unknown sizes at {unknown}. Fit on a copy of the "
             "model built with a fixed input shape, e.g. keras.Input((224, 224, 3)): the "
             "patterns depend on the kernels only and fit the original model too.")
+
+
+def _batch_size(batch: Any) -> int:
+    """Samples in a batch: the length of its first array (``x``'s first input)."""
+    first = tf.nest.flatten(batch)[0]
+    return int(first.shape[0]) if hasattr(first, "shape") else len(first)
+
+
+def _skipped_batches(sizes: Iterator[int], skip: int) -> int:
+    """Consumes batch sizes until they add up to ``skip``; returns how many batches that took."""
+    counted = batches = 0
+    while counted < skip:
+        size = next(sizes, None)
+        if size is None:
+            raise ValueError(f"Cannot skip the {skip} samples a checkpoint has seen: the data "
+                             f"has {counted}. Resume on the data of that fit.")
+        counted, batches = counted + int(size), batches + 1
+    if counted > skip:
+        raise ValueError(f"Cannot skip the {skip} samples a checkpoint has seen: batch "
+                         f"{batches - 1} (0-based) of the data spans samples "
+                         f"{counted - int(size)} to {counted}, so the skip ends inside it. Resume "
+                         "with the batching of the interrupted fit (the same batch size).")
+    return batches
 
 
 def _generator_dataset(iterator: Iterator[Any]) -> tf.data.Dataset:

@@ -12,6 +12,12 @@ them over replicas.  The float64 accumulators live where memory is cheapest:
 * on the devices (float64 variables) otherwise, so that GPUs do not ship
   kernel-sized sums to the host after every batch.
 
+A batch adds all of its sums or none: :meth:`Fitter.check` refuses a batch of
+the wrong structure, shape or dtype on the host before the step runs, and the
+step adds only if every sum it is about to add is finite (a NaN or infinite
+input, or an overflow inside the model), else :meth:`Fitter.step` raises.
+The gate makes every op's float32 sums of a batch wait for the last op's.
+
 Example:
     >>> import keras, numpy as np, tensorflow as tf
     >>> from innv_pattern.patterns import PatternComputer
@@ -21,6 +27,7 @@ Example:
     >>> acc = fitter.accumulators()
     >>> x = tf.ones((4, 3))
     >>> fitter.shift(x)
+    >>> fitter.check(x, index=0)
     >>> fitter.step(acc, x)
     4
     >>> samples, stats = fitter.flush(acc)
@@ -84,12 +91,79 @@ class Fitter:
             acc[op.name] = {k: zeros(shape) for k, shape in self._sum_shapes(op).items()}
         return acc
 
-    def step(self, acc: dict[str, Any], x: Any) -> int:
-        """Adds one (distributed) batch's sums to ``acc``; returns its number of samples."""
-        if not self.on_host:
-            return int(self._accumulate(acc, x))
-        self._host = acc
-        return int(self._add_on_host(x))
+    def step(self, acc: dict[str, Any], x: Any, index: int = 0) -> int:
+        """Adds one (distributed) batch's sums to ``acc``; returns its number of samples.
+
+        Args:
+            acc: From :meth:`accumulators`.
+            x: A batch that passed :meth:`check`.
+            index: The batch's index in the pass (0-based), for error messages.
+
+        Raises:
+            ValueError: If a sum of the batch is not finite (NaN or infinite
+                inputs, or an overflow inside the model); nothing of the batch
+                was added to ``acc``.
+        """
+        if self.on_host:
+            self._host = acc
+            samples, finite = self._add_on_host(x)
+        else:
+            samples, finite = self._accumulate(acc, x)
+        finite = np.asarray(finite)
+        if not finite.all():
+            raise ValueError(self._non_finite_message(x, finite, index))
+        return int(samples)
+
+    def check(self, x: Any, index: int) -> None:
+        """Raises ``ValueError`` / ``TypeError`` naming batch ``index`` if ``x`` does not fit the model.
+
+        Host-side checks of the structure, the shape (all but the batch size)
+        and the dtype (numbers) of each model input: cheap, and run before
+        anything is compiled or added.
+        """
+        graph, where = self.c._graph, f"Batch {index} (0-based) of the data"
+        xs = self._model_inputs(x, where)
+        for i, (t, key) in enumerate(zip(xs, graph.inputs)):
+            expected = tuple(graph.shapes[key])
+            name = f"input {i} ('{key}')" if len(xs) > 1 else "the model input"
+            for part in self.c.strategy.experimental_local_results(t):
+                shape, dtype = _shape_and_dtype(part)
+                if dtype is None:
+                    raise TypeError(f"{where} holds {type(part).__name__} values of dtype "
+                                    f"{getattr(part, 'dtype', '?')} for {name}; expected numbers "
+                                    "(float, int or bool arrays or tensors).")
+                if len(shape) != len(expected) or any(
+                        e is not None and s != e for s, e in zip(shape[1:], expected[1:])):
+                    hint = (" Integer vectors look like labels: pass x, or (x, y) tuples."
+                            if len(shape) == 1 and (dtype.is_integer or dtype.is_bool) else "")
+                    raise ValueError(f"{where} has shape {shape} (dtype {dtype.name}) for "
+                                     f"{name}; the model takes {expected} (None: any size)."
+                                     + hint)
+
+    def _model_inputs(self, element: Any, where: str = "The data") -> list[Any]:
+        """``x``, or ``x`` of ``(x, y[, sample_weight])``, as a list of model inputs."""
+        graph = self.c._graph
+        x = element[0] if isinstance(element, tuple) else element
+        xs = list(x) if isinstance(x, (list, tuple)) else [x]
+        if len(xs) != len(graph.inputs):
+            raise ValueError(f"{where}: model '{self.c.model.name}' has {len(graph.inputs)} "
+                             f"inputs; received batches with {len(xs)} (pass x as a tuple of "
+                             "arrays, and (x, y) tuples for x with labels).")
+        return xs
+
+    def _non_finite_message(self, x: Any, finite: np.ndarray, index: int) -> str:
+        where = f"Batch {index} (0-based) of the data"
+        bad_input = any(not np.isfinite(np.asarray(part, np.float64)).all()
+                        for t in self._model_inputs(x)
+                        for part in self.c.strategy.experimental_local_results(t))
+        if bad_input:
+            problem = "holds NaN or infinite values"
+        else:
+            first = self.c._ops[int(np.argmin(finite))].name
+            problem = (f"is finite, but the float32 sums of layer '{first}' are not (an overflow "
+                       "inside the model)")
+        return (f"{where} {problem}; it was not added to the statistics, which keep every "
+                "earlier batch. Clean or drop the batch and resume.")
 
     def _sum_shapes(self, op: KernelOp) -> dict[str, tuple[int, ...]]:
         """Shapes of :func:`batch_sums`' outputs."""
@@ -104,15 +178,10 @@ class Fitter:
         return result
 
     def _inputs(self, element: Any) -> list[tf.Tensor]:
-        """The model inputs of a batch: ``x``, or ``x`` of ``(x, y[, sample_weight])``."""
+        """The model inputs of a batch, cast to the model's dtypes."""
         graph = self.c._graph
-        x = element[0] if isinstance(element, tuple) else element
-        xs = list(x) if isinstance(x, (list, tuple)) else [x]
-        if len(xs) != len(graph.inputs):
-            raise ValueError(f"Model '{self.c.model.name}' has {len(graph.inputs)} inputs; "
-                             f"received batches with {len(xs)} (pass x as a tuple of arrays, "
-                             "and (x, y) tuples for x with labels).")
-        return [tf.cast(t, graph.dtypes[k]) for t, k in zip(xs, graph.inputs)]
+        return [tf.cast(t, graph.dtypes[k]) for t, k in zip(self._model_inputs(element),
+                                                              graph.inputs)]
 
     def _replica_sums(self, x: Any) -> dict[str, Any]:
         sums: dict[str, Any] = {}
@@ -137,26 +206,45 @@ class Fitter:
         per_replica = self.c.strategy.run(self._replica_sums, args=(x,))
         return self.c.strategy.experimental_local_results(per_replica)[0]
 
-    def _distributed_accumulate(self, acc: dict[str, Any], x: Any) -> tf.Tensor:
-        total = self._distributed_sums(x)
-        for op in self.c._ops:
-            for name, var in acc[op.name].items():
-                var.assign_add(tf.cast(total[op.name][name], tf.float64))
-        acc["samples"].assign_add(total["samples"])
-        return total["samples"]
+    def _finite(self, total: dict[str, Any]) -> tf.Tensor:
+        """One flag per op: every sum it adds is finite (a sum of its entries is: no NaN or inf)."""
+        return tf.stack([tf.math.is_finite(tf.add_n([
+            tf.cast(tf.reduce_sum(v), tf.float64) for v in total[op.name].values()]))
+            for op in self.c._ops])
 
-    def _distributed_host_add(self, x: Any) -> tf.Tensor:
+    def _distributed_accumulate(self, acc: dict[str, Any], x: Any) -> tuple[tf.Tensor, tf.Tensor]:
         total = self._distributed_sums(x)
+        finite = self._finite(total)
+
+        def add() -> tf.Tensor:
+            for op in self.c._ops:
+                for name, var in acc[op.name].items():
+                    var.assign_add(tf.cast(total[op.name][name], tf.float64))
+            acc["samples"].assign_add(total["samples"])
+            return tf.constant(True)
+
+        tf.cond(tf.reduce_all(finite), add, lambda: tf.constant(False))
+        return total["samples"], finite
+
+    def _distributed_host_add(self, x: Any) -> tuple[tf.Tensor, tf.Tensor]:
+        total = self._distributed_sums(x)
+        finite = self._finite(total)
+        ok = tf.reduce_all(finite)
         for op in self.c._ops:  # one call per op: its sums are freed once added
             names = list(total[op.name])
-            tf.numpy_function(self._adder(op.name, names), [total[op.name][n] for n in names],
-                              [], stateful=True)
-        tf.numpy_function(self._adder("samples"), [total["samples"]], [], stateful=True)
-        return total["samples"]
+            tf.numpy_function(self._adder(op.name, names),
+                              [ok] + [total[op.name][n] for n in names], [], stateful=True)
+        tf.numpy_function(self._adder("samples"), [ok, total["samples"]], [], stateful=True)
+        return total["samples"], finite
 
     def _adder(self, key: str, names: list[str] | None = None) -> Any:
-        """Adds its arguments to the host accumulators ``key`` (and ``names``), in place."""
-        def add(*values: np.ndarray) -> None:
+        """Adds its arguments to the host accumulators ``key`` (and ``names``), in place.
+
+        The first argument is the batch's finiteness flag: nothing is added if it is false.
+        """
+        def add(ok: np.ndarray, *values: np.ndarray) -> None:
+            if not ok:
+                return
             targets = [self._host[key]] if names is None else [self._host[key][n] for n in names]
             for target, value in zip(targets, values):
                 np.add(target, value, out=target)
@@ -205,6 +293,18 @@ class Fitter:
             key = op.pattern_key
             statistics[key] = statistics[key].merge(stats) if key in statistics else stats
         return samples, statistics
+
+
+def _shape_and_dtype(t: Any) -> tuple[tuple[int | None, ...], tf.DType | None]:
+    """Shape and dtype of an array-like; dtype ``None`` unless numbers (float, int, bool)."""
+    if not hasattr(t, "shape") or not hasattr(t, "dtype"):
+        t = np.asarray(t)
+    try:
+        dtype = tf.as_dtype(t.dtype)
+    except TypeError:  # numpy strings and objects
+        return tuple(t.shape), None
+    numeric = dtype.is_floating or dtype.is_integer or dtype.is_bool
+    return tuple(t.shape), dtype if numeric else None
 
 
 def _all_reduce(nest: Any) -> Any:
