@@ -161,6 +161,9 @@ def _add_fit(commands: Any) -> None:
                      help="pattern file(s) whose statistics to continue from (several: merged)")
     fit.add_argument("--skip", type=_non_negative, default=0, metavar="N",
                      help="skip the first N samples of --data (those a resumed fit has seen)")
+    fit.add_argument("--checkpoint-every", type=_positive, metavar="N",
+                     help="save the statistics to OUT.partial.h5 every N batches (and when "
+                     "interrupted); the same command run again continues from there")
     _data_options(fit)
     fit.set_defaults(run=_run_fit)
 
@@ -235,25 +238,42 @@ def _run_fit(args: argparse.Namespace) -> None:
         computer.load_state(*args.resume)
         print(f"Resuming from {computer.samples_seen} samples in {', '.join(args.resume)}.")
     data, batch_size = _fit_data(args, model)
-    resumed = computer.samples_seen
+    resumed, partial = computer.samples_seen, _partial_path(args.out)
+    checkpoint = partial if args.checkpoint_every else None
+    if checkpoint:
+        os.makedirs(os.path.dirname(os.path.abspath(partial)), exist_ok=True)
     try:
         patterns = computer.compute(data, batch_size=batch_size, steps=args.steps, verbose=1,
-                                    resume=bool(args.resume))
+                                    resume=bool(args.resume) or bool(checkpoint),
+                                    checkpoint=checkpoint,
+                                    checkpoint_every=args.checkpoint_every or 100)
     except KeyboardInterrupt:
-        _save_partial(computer, args.out, resumed, args.skip)
+        _save_partial(computer, partial, resumed, args.skip, bool(checkpoint))
     if _is_chief(strategy):
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         patterns.save(args.out)
         print(f"Saved {'+'.join(patterns.types)} patterns of {len(patterns)} layers "
               f"({patterns.samples_seen} samples) to '{args.out}'.")
+    if checkpoint:  # everything is in --out now
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(checkpoint)
 
 
-def _save_partial(computer: Any, out: str, resumed: int, skipped: int) -> NoReturn:
+def _partial_path(out: str) -> str:
+    """Where an interrupted (or checkpointed) fit keeps its statistics: OUT.partial.h5."""
+    return out[: -len(os.path.splitext(out)[1])] + ".partial.h5"
+
+
+def _save_partial(computer: Any, partial: str, resumed: int, skipped: int,
+                  checkpointed: bool) -> NoReturn:
     """Saves the statistics of an interrupted fit and says how to continue it."""
     seen = computer.samples_seen - resumed
     if computer.samples_seen == 0:
         raise KeyboardInterrupt
-    partial = out[: -len(os.path.splitext(out)[1])] + ".partial.h5"
+    if checkpointed:  # compute saved them when interrupted
+        raise UserError(f"Interrupted after {computer.samples_seen} samples; their statistics "
+                        f"are in '{partial}'. Continue with the same command: it resumes from "
+                        "there and skips the samples already seen.")
     computer.save_state(partial)
     raise UserError(f"Interrupted after {computer.samples_seen} samples; their statistics are in "
                     f"'{partial}'. Continue with: --resume {partial} --skip {skipped + seen}")

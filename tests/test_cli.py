@@ -184,6 +184,38 @@ def test_an_interrupted_fit_keeps_its_statistics(files, tmp_path, capsys, monkey
         np.testing.assert_allclose(Patterns.load(out)[name], pattern, rtol=1e-4, atol=1e-6)
 
 
+def test_a_checkpointed_fit_continues_with_the_same_command(files, tmp_path, capsys, monkeypatch):
+    """--checkpoint-every: Ctrl-C after two batches, then the very same command finishes the fit
+    (it loads OUT.partial.h5 and skips the 32 samples seen) and equals an uninterrupted fit."""
+    from innv_pattern.patterns import PatternComputer, Patterns
+
+    original = PatternComputer.compute
+
+    def interrupted(self, data, batch_size=None, **kwargs):   # Ctrl-C after two batches
+        def stream():
+            yield from (data[i:i + batch_size] for i in range(0, 32, batch_size))
+            raise KeyboardInterrupt
+        return original(self, stream(), **kwargs)
+
+    out, partial = str(tmp_path / "big.h5"), str(tmp_path / "big.partial.h5")
+    argv = ["fit", "--model", files["model.keras"], "--data", files["x.npy"], "--out", out,
+            "--batch-size", "16", "--checkpoint-every", "1"]
+    monkeypatch.setattr(PatternComputer, "compute", interrupted)
+    assert main(argv) == 1
+    line = _error_line(capsys.readouterr().err)
+    assert f"Interrupted after 32 samples; their statistics are in '{partial}'" in line
+    assert "Continue with the same command" in line and not os.path.exists(out)
+    assert Patterns.load(partial).samples_seen == 32
+    monkeypatch.setattr(PatternComputer, "compute", original)
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"Resuming from checkpoint '{partial}': 32 samples; skipping the first 32" in printed
+    assert "(48 samples)" in printed and not os.path.exists(partial)  # all of it is in --out now
+    whole = _fitted(files, tmp_path)
+    for name, pattern in Patterns.load(whole).items():
+        np.testing.assert_allclose(Patterns.load(out)[name], pattern, rtol=1e-4, atol=1e-6)
+
+
 def test_explain_every_method_on_npz_and_folder(files, tmp_path, capsys):
     patterns = _fitted(files, tmp_path)
     for method in ("lrp.epsilon", "pattern.net"):
