@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from innv_pattern.canonize import canonize
-from innv_pattern.rule_maps import RULE_MAPS, bind, warn_fallbacks
+from innv_pattern.rule_maps import RULE_MAPS, bind, fuse_rectifiers, warn_fallbacks
 
 __all__ = ["Analyzer", "create_analyzer", "list_analyzers", "register"]
 
@@ -106,8 +106,12 @@ class Analyzer:
     def _build(self) -> None:
         """(Re)binds the rules and compiles the batch function."""
         self._rules = bind(self._graph, RULE_MAPS[self.rule_family], self._options())
+        if self.start_from_value:
+            self._rules = fuse_rectifiers(self._graph, self._rules)
+        # No autograph: the batch function has no tensor-dependent Python control
+        # flow, and tracing without it is about a third faster.
         self._batch_fn = tf.function(self._analyze_batch, reduce_retracing=True,
-                                     jit_compile=self.jit_compile)
+                                     jit_compile=self.jit_compile, autograph=False)
 
     def _options(self) -> dict[str, Any]:
         return {}

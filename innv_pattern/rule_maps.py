@@ -28,11 +28,12 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 from innv_pattern import kinds
 from innv_pattern.canonize import ActivationOp, CanonicalGraph, KernelOp, LayerOp, Op
-from innv_pattern.rules import (DeconvReLURule, GradientRule, GuidedReLURule, LinearizedRule,
-                                PassRule, PatternRule, Rule, ZRule)
+from innv_pattern.rules import (DeconvReLURule, GradientRule, GuidedReLURule, IdentityRule,
+                                LinearizedRule, PassRule, PatternRule, RectifiedZRule, Rule,
+                                ZRule)
 
 __all__ = ["RULE_MAPS", "Entry", "FallbackWarning", "RuleMap", "UnsupportedLayerError",
-           "bind", "describe", "fallbacks", "warn_fallbacks"]
+           "bind", "describe", "fallbacks", "fuse_rectifiers", "warn_fallbacks"]
 
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
@@ -188,6 +189,58 @@ def bind(graph: CanonicalGraph, rule_map: RuleMap, options: Mapping[str, Any]) -
     if missing:
         raise UnsupportedLayerError(_unsupported_message(missing, rule_map.refusal))
     return bound
+
+
+def fuse_rectifiers(graph: CanonicalGraph, rules: Mapping[str, Rule]) -> dict[str, Rule]:
+    """``rules`` with each z-rule op and the ReLU after it bound as one :class:`RectifiedZRule`.
+
+    Fused only where that is exact: the op's output feeds nothing but a ReLU
+    bound to :class:`PassRule`, and the relevance reaching the ReLU's output is
+    that output times something (:func:`_value_scaled`), so it is zero where the
+    ReLU's output is.  For reverse passes that start from the output's value
+    (LRP).  The ReLU then fuses into the kernel operation in the compiled graph.
+    """
+    readers: dict[int, list[Op]] = {}
+    for op in graph.ops:
+        for key in op.inputs:
+            readers.setdefault(key, []).append(op)
+    scaled = _value_scaled(graph, rules, readers)
+    fused = dict(rules)
+    for op in graph.ops:
+        rule, after = rules[op.name], readers.get(op.outputs[0], [])
+        if (type(rule) is ZRule and len(op.outputs) == 1 and op.outputs[0] not in graph.outputs
+                and len(after) == 1 and after[0].inputs == op.outputs
+                and is_relu(after[0]) and type(rules[after[0].name]) is PassRule
+                and scaled[after[0].outputs[0]]):
+            fused[op.name] = RectifiedZRule(op, {"epsilon": rule.epsilon})
+            fused[after[0].name] = IdentityRule(after[0], {})
+    return fused
+
+
+def _value_scaled(graph: CanonicalGraph, rules: Mapping[str, Rule],
+                  readers: dict[int, list[Op]]) -> dict[int, bool]:
+    """Per tensor: its relevance is the tensor times a finite factor, element by element.
+
+    True where every reader passes that on (at an output, the reverse pass
+    starts from its value): a z-rule (``x * ...``), a copying or max-selecting
+    gradient (each input element gets relevance only from outputs that equal
+    it), or a ReLU or identity passing relevance whose output has the property
+    (``relu(z) * s`` is ``z * s * (z > 0)``).
+    """
+    scaled: dict[int, bool] = {}
+
+    def passes(op: Op) -> bool:
+        rule = rules[op.name]
+        if isinstance(rule, ZRule):
+            return True
+        copies = ((type(rule) is GradientRule and of_kind(kinds.ROUTING, kinds.MAX)(op))
+                  or (type(rule) is PassRule and is_relu_or_linear(op)))
+        return copies and all(scaled[key] for key in op.outputs)
+
+    for op in reversed(graph.ops):  # an op's readers come after it
+        for key in op.outputs:
+            scaled[key] = all(passes(reader) for reader in readers.get(key, []))
+    return scaled
 
 
 def fallbacks(graph: CanonicalGraph, rule_map: RuleMap) -> dict[str, list[str]]:

@@ -40,11 +40,13 @@ from innv_pattern.canonize import KernelOp, LayerOp, Op
 __all__ = [
     "DeconvReLURule",
     "GradientRule",
+    "IdentityRule",
     "GuidedReLURule",
     "LinearizedRule",
     "ModifiedRule",
     "PassRule",
     "PatternRule",
+    "RectifiedZRule",
     "Rule",
     "ZRule",
     "linearization",
@@ -139,6 +141,33 @@ class ZRule(ModifiedRule):
     def backward(self, xs: tuple, y: tf.Tensor, g: tf.Tensor) -> list[tf.Tensor]:
         grads = _vjp(linearization(self.op), xs, self._divide(g, y))
         return [x * gx for x, gx in zip(xs, grads)]
+
+
+class RectifiedZRule(ZRule):
+    """:class:`ZRule` and the ReLU that follows its op, as one rule (a fast path).
+
+    The forward pass is ``relu(op(x))``, so the ReLU fuses into the kernel
+    operation as in an ordinary forward pass, and the backward pass divides by
+    the rectified output ``a`` instead of ``z``.  This equals :class:`ZRule`
+    followed by :class:`PassRule` exactly when the relevance arriving at ``a``
+    is zero wherever ``a`` is (then ``R / z`` and ``R / a`` agree, and so do
+    ``R / (z +- epsilon)`` and ``R / (a + epsilon)``); :func:`innv_pattern.
+    rule_maps.fuse_rectifiers` only fuses where the model guarantees it.  The
+    ReLU itself becomes an :class:`IdentityRule`.
+    """
+
+    def __call__(self, *xs: tf.Tensor) -> list[tf.Tensor]:
+        return [_with_backward(lambda *v: tf.nn.relu(self.op.forward(*v)[0]), self.backward, xs)]
+
+    def _divide(self, g: tf.Tensor, a: tf.Tensor) -> tf.Tensor:
+        return tf.math.divide_no_nan(g, a + self.epsilon if self.epsilon else a)
+
+
+class IdentityRule(Rule):
+    """Returns its input: the place of a ReLU already applied by a :class:`RectifiedZRule`."""
+
+    def __call__(self, *xs: tf.Tensor) -> list[tf.Tensor]:
+        return list(xs)
 
 
 class PatternRule(Rule):
