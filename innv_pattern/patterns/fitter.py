@@ -115,7 +115,7 @@ class Fitter:
         return int(samples)
 
     def check(self, x: Any, index: int) -> None:
-        """Raises ``ValueError`` / ``TypeError`` naming batch ``index`` if ``x`` does not fit the model.
+        """Raises ``ValueError`` or ``TypeError`` naming batch ``index`` if ``x`` does not fit.
 
         Host-side checks of the structure, the shape (all but the batch size)
         and the dtype (numbers) of each model input: cheap, and run before
