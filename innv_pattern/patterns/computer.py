@@ -104,7 +104,9 @@ class PatternComputer:
         After a crash, run the same call again with ``resume=True``: it loads
         the checkpoint and skips the samples the checkpoint has seen.  Each
         checkpoint costs one flush of the accumulators and one file write
-        (24 bytes per kernel weight, the size of the statistics).
+        (24 bytes per kernel weight, the size of the statistics); after the
+        first one the statistics so far and the running accumulators coexist,
+        so a checkpointed fit holds twice the statistics' memory.
 
         Example:
             >>> computer = PatternComputer(model)  # doctest: +SKIP
@@ -212,8 +214,9 @@ class PatternComputer:
                 seen += self._fitter.step(acc, x, done)
                 done, pending = done + 1, pending + 1
                 if saving is not None and pending == saving[1]:
-                    full, acc, pending = acc, self._fitter.accumulators(), 0
-                    self._merge(full)
+                    self._merge(acc)  # before new accumulators: never three copies at once
+                    pending = 0
+                    acc = self._fitter.accumulators()
                     unsaved = True
                     self.save_state(saving[0])
                     unsaved = False

@@ -5,10 +5,11 @@ One ``tf.function`` runs the forward pass and every kernel op's batch sums
 them over replicas.  The float64 accumulators live where memory is cheapest:
 
 * on the host (numpy) when every device of the strategy is a CPU: each op's
-  float32 sums are added in place as soon as they are ready (from inside the
-  step, through ``tf.numpy_function``), so neither a second float64 copy of
-  the statistics nor all ops' float32 sums at once ever exist (on a CPU,
-  device memory is host memory);
+  float32 sums are added in place (from inside the step, through
+  ``tf.numpy_function``), so no second float64 copy of the statistics
+  exists (on a CPU, device memory is host memory).  On one device the ops'
+  sums are computed one after the other, each once the previous op's are
+  added, so only one op's float32 sums exist at a time;
 * on the devices (float64 variables) otherwise, so that GPUs do not ship
   kernel-sized sums to the host after every batch.
 
@@ -16,7 +17,11 @@ A batch adds all of its sums or none: :meth:`Fitter.check` refuses a batch of
 the wrong structure, shape or dtype on the host before the step runs, and the
 step adds only if every sum it is about to add is finite (a NaN or infinite
 input, or an overflow inside the model), else :meth:`Fitter.step` raises.
-The gate makes every op's float32 sums of a batch wait for the last op's.
+On one CPU device that is decided from the forward pass before any sum is
+computed: every kernel op's input and output are finite and small enough
+that no float32 sum of their products can overflow
+(:func:`_sums_fit_float32`).  Otherwise the sums themselves are checked, and
+every op's float32 sums of a batch wait for the last op's.
 
 Example:
     >>> import keras, numpy as np, tensorflow as tf
@@ -79,6 +84,8 @@ class Fitter:
         options = dict(reduce_retracing=True, autograph=False)
         self._host: dict[str, Any] = {}  # the accumulators the host step adds to
         self._add_on_host = tf.function(self._distributed_host_add, **options)
+        self._sequential = self.on_host and computer.strategy.num_replicas_in_sync == 1
+        self._add_in_order = tf.function(self._sequential_host_add, **options)
         self._accumulate = tf.function(self._distributed_accumulate, **options)
         self.shift = tf.function(self._distributed_shift, **options)
 
@@ -106,7 +113,8 @@ class Fitter:
         """
         if self.on_host:
             self._host = acc
-            samples, finite = self._add_on_host(x)
+            add = self._add_in_order if self._sequential else self._add_on_host
+            samples, finite = add(x)
         else:
             samples, finite = self._accumulate(acc, x)
         finite = np.asarray(finite)
@@ -233,21 +241,60 @@ class Fitter:
         for op in self.c._ops:  # one call per op: its sums are freed once added
             names = list(total[op.name])
             tf.numpy_function(self._adder(op.name, names),
-                              [ok] + [total[op.name][n] for n in names], [], stateful=True)
-        tf.numpy_function(self._adder("samples"), [ok, total["samples"]], [], stateful=True)
+                              [ok] + [total[op.name][n] for n in names], tf.bool, stateful=True)
+        tf.numpy_function(self._adder("samples"), [ok, total["samples"]], tf.bool, stateful=True)
         return total["samples"], finite
+
+    def _sequential_host_add(self, x: Any) -> tuple[tf.Tensor, tf.Tensor]:
+        """One device, host accumulators: the forward pass, then each op's sums in turn.
+
+        The batch is checked on the forward values alone, so each op's sums
+        can be added (and freed) before the next op's are computed.
+        """
+        forward: list[tuple[KernelOp, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]] = []
+
+        def call(op: Any, *args: tf.Tensor) -> list[tf.Tensor]:
+            if not isinstance(op, KernelOp):
+                return op.forward(*args)
+            kernel, bias = op.get_kernel(), op.get_bias()
+            y = op.linear(args[0], kernel)
+            out = y if bias is None else y + op.broadcast_bias(bias)
+            forward.append((op, args[0], y, out, kernel))
+            return [out]
+
+        xs = self._inputs(x)
+        self.c._graph.run(xs, call=call)
+        finite = tf.stack([_sums_fit_float32(x_in, y, out, self.means[op.name],
+                                             self.y_shifts[op.name])
+                           for op, x_in, y, out, _ in forward])
+        ok = tf.reduce_all(finite)
+        done = ok
+        for op, x_in, y, out, kernel in forward:
+            with tf.control_dependencies([done]):  # after the previous op's sums are added
+                sums = batch_sums(op, self.c._layouts[op.name], x_in, y, out,
+                                  self.means[op.name], self.y_shifts[op.name],
+                                  self.c._regimes, kernel)
+            names = list(sums)
+            done = tf.numpy_function(self._adder(op.name, names), [ok] + [sums[n] for n in names],
+                                     tf.bool, stateful=True)
+        samples = tf.cast(tf.shape(xs[0])[0], tf.float64)
+        with tf.control_dependencies([done]):
+            tf.numpy_function(self._adder("samples"), [ok, samples], tf.bool, stateful=True)
+        return tf.identity(samples), finite
 
     def _adder(self, key: str, names: list[str] | None = None) -> Any:
         """Adds its arguments to the host accumulators ``key`` (and ``names``), in place.
 
         The first argument is the batch's finiteness flag: nothing is added if it is false.
+        Returns the flag (something to wait for).
         """
-        def add(ok: np.ndarray, *values: np.ndarray) -> None:
-            if not ok:
-                return
-            targets = [self._host[key]] if names is None else [self._host[key][n] for n in names]
-            for target, value in zip(targets, values):
-                np.add(target, value, out=target)
+        def add(ok: np.ndarray, *values: np.ndarray) -> np.ndarray:
+            if ok:
+                targets = ([self._host[key]] if names is None
+                           else [self._host[key][n] for n in names])
+                for target, value in zip(targets, values):
+                    np.add(target, value, out=target)
+            return np.asarray(ok, dtype=bool)
         return add
 
     def _replica_means(self, x: Any) -> dict[str, Any]:
@@ -293,6 +340,29 @@ class Fitter:
             key = op.pattern_key
             statistics[key] = statistics[key].merge(stats) if key in statistics else stats
         return samples, statistics
+
+
+#: Bound on any float32 batch sum of products of a kernel op's (shifted) input and
+#: output entries: well below float32's largest value (3.4e38).
+_FLOAT32_SUM_BOUND = 1e36
+
+
+def _sums_fit_float32(x: tf.Tensor, y: tf.Tensor, out: tf.Tensor, mean: tf.Tensor,
+                      y_shift: tf.Tensor) -> tf.Tensor:
+    """Whether every batch sum of one kernel op is certainly finite in float32.
+
+    True iff the op's input and output are finite and ``count * max|x - mean|
+    * max|y - y_shift|`` (``count``: samples times positions) stays below
+    :data:`_FLOAT32_SUM_BOUND`, which bounds every entry of every batch sum
+    (sums of ``patch(x) * g`` with ``|g| <= max(1, |y - y_shift|)``).  Sums
+    of absolute values propagate NaN and infinity, unlike maxima.
+    """
+    ax, aout = tf.abs(x), tf.abs(out)
+    finite = tf.math.is_finite(tf.reduce_sum(ax)) & tf.math.is_finite(tf.reduce_sum(aout))
+    mx = tf.reduce_max(ax) + tf.reduce_max(tf.abs(mean))
+    my = tf.maximum(tf.reduce_max(tf.abs(y)) + tf.reduce_max(tf.abs(y_shift)), 1.0)
+    count = tf.cast(tf.size(y), tf.float32)
+    return finite & (count * mx * my < _FLOAT32_SUM_BOUND)
 
 
 def _shape_and_dtype(t: Any) -> tuple[tuple[int | None, ...], tf.DType | None]:
