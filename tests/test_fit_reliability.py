@@ -354,3 +354,24 @@ def test_bad_batches_under_a_mirrored_strategy(tmp_path):
     assert results["nan"][1] == results["shape"][1] == 64
     for kind in ("nan", "shape"):
         assert_matches_reference(model, Patterns.load(tmp_path / f"kept.{kind}.h5", model), x[:64])
+
+
+def test_large_kernels_sums_one_at_a_time_equal_parallel_sums(monkeypatch):
+    """On one CPU device the sums of large kernels are computed one op at a time (to bound
+    memory); forcing that order on every op gives the same float64 statistics, bit for bit
+    (each op's batch sums are the same float32 tensors, added in the same batch order), and
+    matches the float64 explicit-patch reference."""
+    model, x = digits_model()
+    x = x[:256]
+    parallel = PatternComputer(model).compute(x, batch_size=BATCH, verbose=0)
+    monkeypatch.setattr(fitter, "_LARGE_KERNEL", 1)
+    computer = PatternComputer(model)
+    serial = computer.compute(x, batch_size=BATCH, verbose=0)
+    assert computer._fitter._sequential
+    for name in parallel:
+        for kind in parallel.types:
+            np.testing.assert_array_equal(serial.for_type(kind)[name],
+                                          parallel.for_type(kind)[name])
+        for key, value in parallel.statistics[name].sums.items():
+            np.testing.assert_array_equal(serial.statistics[name].sums[key], value)
+    assert_matches_reference(model, serial, x)
