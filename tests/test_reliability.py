@@ -1,8 +1,9 @@
 """Reliability of the analyzers: concurrent use and random models (hypothesis).
 
 The fuzz test builds random stacks of supported layers with random shapes and
-weights and checks that every analyzer returns finite values of the input's
-shape; a failure here is a crash or a NaN a user could hit.
+weights, fits their patterns on random data, and checks that every analyzer
+returns finite values of the input's shape; a failure here is a crash or a NaN
+a user could hit.
 """
 
 from concurrent.futures import ThreadPoolExecutor
@@ -55,12 +56,15 @@ def _layer(kind: str, rng: np.random.Generator, image: bool) -> keras.layers.Lay
         "pad": lambda: keras.layers.ZeroPadding2D(1),
         "drop": lambda: keras.layers.Dropout(0.3),
         "relu": lambda: keras.layers.ReLU(),
+        "bn": lambda: keras.layers.BatchNormalization(),
     }[kind]()
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=30, deadline=None, derandomize=True,  # the same 30 models in every run
+          suppress_health_check=list(HealthCheck))
 @given(seed=st.integers(0, 2**31 - 1),
-       kinds=st.lists(st.sampled_from(["conv", "max", "avg", "pad", "drop", "relu"]), max_size=4),
+       kinds=st.lists(st.sampled_from(["conv", "max", "avg", "pad", "drop", "relu", "bn"]),
+                      max_size=4),
        head=st.lists(st.sampled_from(["dense", "relu", "drop"]), min_size=1, max_size=3))
 def test_random_models_give_finite_analyses(seed, kinds, head):
     rng = np.random.default_rng(seed)
@@ -73,8 +77,21 @@ def test_random_models_give_finite_analyses(seed, kinds, head):
     for kind in head:
         x = _layer(kind, rng, False)(x)
     model = keras.Model(inp, keras.layers.Dense(3)(x))
-    data = rng.normal(size=(2,) + model.input_shape[1:]).astype("float32") * rng.uniform(0.1, 10)
+    for layer in model.layers:  # trained-looking BatchNormalization statistics
+        if isinstance(layer, keras.layers.BatchNormalization):
+            size = layer.moving_variance.shape
+            layer.moving_variance.assign(rng.uniform(0.1, 3.0, size).astype("float32"))
+            layer.moving_mean.assign(rng.normal(size=size).astype("float32"))
+    scale = rng.uniform(0.1, 10)
+    data = rng.normal(size=(2,) + model.input_shape[1:]).astype("float32") * scale
+    fit = rng.normal(size=(32,) + model.input_shape[1:]).astype("float32") * scale
+    patterns = ip.PatternComputer(model).compute(fit, batch_size=16, verbose=0)
     for name in ip.list_analyzers():
-        out = ip.create_analyzer(name, model, **_options(name, model)).analyze(data)
-        assert out.shape == data.shape, name
-        assert np.all(np.isfinite(out)), f"{name} gave non-finite values"
+        kwargs = dict(FAST_OPTIONS.get(name, {}))
+        # random patterns (any values), then the patterns fitted on the data
+        runs = [_options(name, model), {**kwargs, "patterns": patterns}] if name.startswith(
+            "pattern.") else [kwargs]
+        for options in runs:
+            out = ip.create_analyzer(name, model, **options).analyze(data)
+            assert out.shape == data.shape, name
+            assert np.all(np.isfinite(out)), f"{name} gave non-finite values"
