@@ -124,7 +124,7 @@ class Analyzer:
 
     def _reverse(self, xs: list[tf.Tensor], index: tf.Tensor) -> list[tf.Tensor]:
         """Gradient of the selected outputs w.r.t. ``xs`` (index -1: maximum)."""
-        with tf.GradientTape() as tape:
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(xs)
             y = self._forward(xs)
         start = self._start(y, index)
@@ -170,7 +170,8 @@ class Analyzer:
             with self._lock:
                 out = self._batch_fn(part, tf.constant(index[start:start + step]))
             chunks.append([o.numpy() for o in out])
-        result = [np.concatenate([c[i] for c in chunks]) for i in range(len(xs))]
+        result = chunks[0] if len(chunks) == 1 else [
+            np.concatenate([c[i] for c in chunks]) for i in range(len(xs))]
         return result if isinstance(x, (list, tuple)) else result[0]
 
     def _check_inputs(self, x: Any) -> list[np.ndarray]:

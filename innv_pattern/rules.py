@@ -255,7 +255,7 @@ def _with_backward(forward: Callable[..., tf.Tensor], backward: Callable, xs: tu
 
 def _vjp(fn: Callable, xs: list[tf.Tensor] | tuple, g: tf.Tensor) -> list[tf.Tensor]:
     """``J^T g`` of ``fn`` at ``xs``: the forward is pruned where unused."""
-    with tf.GradientTape() as tape:
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(list(xs))
         y = fn(*xs)
     grads = tape.gradient(y, list(xs), output_gradients=g)
