@@ -40,8 +40,8 @@ from innv_pattern.canonize import KernelOp, LayerOp, Op
 __all__ = [
     "DeconvReLURule",
     "GradientRule",
-    "IdentityRule",
     "GuidedReLURule",
+    "IdentityRule",
     "LinearizedRule",
     "ModifiedRule",
     "PassRule",
@@ -138,9 +138,17 @@ class ZRule(ModifiedRule):
             z = z + tf.where(z >= 0, self.epsilon, -self.epsilon)
         return tf.math.divide_no_nan(g, z)
 
-    def backward(self, xs: tuple, y: tf.Tensor, g: tf.Tensor) -> list[tf.Tensor]:
-        grads = _vjp(linearization(self.op), xs, self._divide(g, y))
-        return [x * gx for x, gx in zip(xs, grads)]
+    def __call__(self, *xs: tf.Tensor) -> list[tf.Tensor]:
+        linear = linearization(self.op)  # a kernel op's kernel is read and folded once
+
+        def backward(xs: tuple, y: tf.Tensor, g: tf.Tensor) -> list[tf.Tensor]:
+            grads = _vjp(linear, xs, self._divide(g, y))
+            return [x * gx for x, gx in zip(xs, grads)]
+
+        return [_with_backward(self._forward(linear), backward, xs)]
+
+    def _forward(self, linear: Callable[..., tf.Tensor]) -> Callable[..., tf.Tensor]:
+        return _forward_fn(self.op, linear)
 
 
 class RectifiedZRule(ZRule):
@@ -151,13 +159,14 @@ class RectifiedZRule(ZRule):
     the rectified output ``a`` instead of ``z``.  This equals :class:`ZRule`
     followed by :class:`PassRule` exactly when the relevance arriving at ``a``
     is zero wherever ``a`` is (then ``R / z`` and ``R / a`` agree, and so do
-    ``R / (z +- epsilon)`` and ``R / (a + epsilon)``); :func:`innv_pattern.
-    rule_maps.fuse_rectifiers` only fuses where the model guarantees it.  The
-    ReLU itself becomes an :class:`IdentityRule`.
+    ``R / (z +- epsilon)`` and ``R / (a + epsilon)``, up to the sign of zeros);
+    :func:`innv_pattern.rule_maps.fuse_rectifiers` only fuses where the model
+    guarantees it.  The ReLU itself becomes an :class:`IdentityRule`.
     """
 
-    def __call__(self, *xs: tf.Tensor) -> list[tf.Tensor]:
-        return [_with_backward(lambda *v: tf.nn.relu(self.op.forward(*v)[0]), self.backward, xs)]
+    def _forward(self, linear: Callable[..., tf.Tensor]) -> Callable[..., tf.Tensor]:
+        forward = _forward_fn(self.op, linear)
+        return lambda *v: tf.nn.relu(forward(*v))
 
     def _divide(self, g: tf.Tensor, a: tf.Tensor) -> tf.Tensor:
         return tf.math.divide_no_nan(g, a + self.epsilon if self.epsilon else a)
@@ -195,7 +204,7 @@ class PatternRule(Rule):
         def backward(xs: tuple, y: tf.Tensor, g: tf.Tensor) -> list[tf.Tensor]:
             return _vjp(lambda v: op.linear(v, swapped), xs, g)
 
-        return [_with_backward(lambda x: op.forward(x)[0], backward, xs)]
+        return [_with_backward(_forward_fn(op, lambda v: op.linear(v, kernel)), backward, xs)]
 
 
 def linearization(op: Op) -> Callable[..., tf.Tensor]:
@@ -214,6 +223,17 @@ def linearization(op: Op) -> Callable[..., tf.Tensor]:
     if isinstance(op, LayerOp) and op.kind == kinds.LAYER_NORM:
         return lambda x: _layer_norm_constant_std(op.layer, x)
     return lambda *xs: op.forward(*xs)[0]
+
+
+def _forward_fn(op: Op, linear: Callable[..., tf.Tensor]) -> Callable[..., tf.Tensor]:
+    """``op``'s forward pass; a kernel op's as ``linear(x) + bias``, sharing ``linear``'s kernel."""
+    if not isinstance(op, KernelOp):
+        return lambda *xs: op.forward(*xs)[0]
+    bias = op.get_bias()
+    if bias is None:
+        return linear
+    bias = op.broadcast_bias(bias)
+    return lambda x: linear(x) + bias
 
 
 def _product(xs: list[tf.Tensor]) -> tf.Tensor:
