@@ -172,7 +172,23 @@ class Analyzer:
             chunks.append([o.numpy() for o in out])
         result = chunks[0] if len(chunks) == 1 else [
             np.concatenate([c[i] for c in chunks]) for i in range(len(xs))]
+        self._check_finite(result)
         return result if isinstance(x, (list, tuple)) else result[0]
+
+    #: Why an analysis can overflow, and what to do (pattern analyzers say more).
+    overflow_hint = "Check the model's weights and the input's scale."
+
+    def _check_finite(self, result: list[np.ndarray]) -> None:
+        """Refuses results that overflowed float32 (the inputs were checked finite)."""
+        bad = np.zeros(len(result[0]), bool)
+        for r in result:
+            bad |= ~np.isfinite(r.reshape(len(r), -1)).all(axis=1)
+        if bad.any():
+            where = np.flatnonzero(bad)
+            shown = ", ".join(str(i) for i in where[:10]) + (", ..." if len(where) > 10 else "")
+            raise ValueError(f"'{self.name}' overflowed float32 for {len(where)} of {len(bad)} "
+                             f"sample(s) ({shown}): the reverse pass exceeded 3.4e38, so there "
+                             f"is no finite result to return. {self.overflow_hint}")
 
     def _check_inputs(self, x: Any) -> list[np.ndarray]:
         xs = list(x) if isinstance(x, (list, tuple)) else [x]
@@ -380,6 +396,12 @@ class _PatternAnalyzer(Analyzer):
 
     rule_family = "pattern"
     start_from_value = True
+    overflow_hint = (
+        "Patterns fitted on an untrained network, or on few or unrepresentative samples, "
+        "can amplify the signal by orders of magnitude per layer (each pattern is scaled "
+        "to w^T a = 1, so it is long where the signal direction is nearly orthogonal to "
+        "the weights). Fit on more data from the model's own input distribution, on a "
+        "trained model, or use pattern.attribution (patterns times weights).")
     attribution: ClassVar[bool] = False
 
     def __init__(self, model: keras.Model, neuron_selection_mode: str = "max_activation",

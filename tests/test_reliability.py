@@ -95,3 +95,30 @@ def test_random_models_give_finite_analyses(seed, kinds, head):
             out = ip.create_analyzer(name, model, **options).analyze(data)
             assert out.shape == data.shape, name
             assert np.all(np.isfinite(out)), f"{name} gave non-finite values"
+
+
+def test_overflowing_analysis_is_a_clear_error_not_nan():
+    """A reverse pass that overflows float32 is refused, naming the samples, not returned as inf.
+
+    PatternNet multiplies the signal by each layer's patterns; patterns 1e6 times the kernel
+    over 8 layers give ~1e48 for a unit input, beyond float32 (3.4e38).  The gradient of the
+    same model is finite and still returned.
+    """
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8,))
+    x = inp
+    for _ in range(7):
+        x = keras.layers.Dense(8, activation="relu")(x)
+    model = keras.Model(inp, keras.layers.Dense(3)(x))
+    for layer in model.layers[1:]:  # positive weights: every unit active, nothing cancels
+        layer.kernel.assign(np.abs(layer.kernel.numpy()) + 0.1)
+    patterns = {op.pattern_key: 1e6 * op.get_kernel().numpy() for op in canonize(model).kernel_ops}
+    data = np.ones((3, 8), "float32")
+    data[1] = 0.0  # an all-zero sample: its signal is 0, finite
+    gradient = ip.create_analyzer("gradient", model).analyze(data)
+    assert np.all(np.isfinite(gradient))
+    analyzer = ip.create_analyzer("pattern.net", model, patterns=patterns)
+    with pytest.raises(ValueError, match=r"'pattern.net' overflowed float32 for 2 of 3 "
+                                         r"sample\(s\) \(0, 2\)"):
+        analyzer.analyze(data)
+    np.testing.assert_array_equal(analyzer.analyze(data[1:2]), np.zeros((1, 8)))
