@@ -261,7 +261,7 @@ def _run_fit(args: argparse.Namespace) -> None:
 
 def _partial_path(out: str) -> str:
     """Where an interrupted (or checkpointed) fit keeps its statistics: OUT.partial.h5."""
-    return out[: -len(os.path.splitext(out)[1])] + ".partial.h5"
+    return os.path.splitext(out)[0] + ".partial.h5"
 
 
 def _save_partial(computer: Any, partial: str, resumed: int, skipped: int,

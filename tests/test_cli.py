@@ -373,3 +373,11 @@ def test_demo_quick_writes_figures_and_report(tmp_path, capsys, monkeypatch):
     results = json.loads((out / "results.json").read_text())
     assert set(results["signal_quality"]["rho"]) == {"random", "filter", "linear", "two_component"}
     assert "random" in results["degradation"]["aopc"]
+
+
+def test_partial_file_sits_next_to_out_with_or_without_an_extension():
+    """An --out without an extension once gave the partial file the name '.partial.h5'."""
+    from innv_pattern.cli import _partial_path
+
+    assert _partial_path("runs/vgg.patterns.h5") == "runs/vgg.patterns.partial.h5"
+    assert _partial_path("runs/vgg") == "runs/vgg.partial.h5"
