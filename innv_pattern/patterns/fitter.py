@@ -268,7 +268,6 @@ class Fitter:
                                              self.y_shifts[op.name])
                            for op, x_in, y, out, _ in forward])
         ok = tf.reduce_all(finite)
-        done = ok
         done = [ok]
         for op, x_in, y, out, kernel in forward:
             large = int(np.prod(op.kernel_shape)) >= _LARGE_KERNEL
