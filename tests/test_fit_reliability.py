@@ -375,3 +375,27 @@ def test_large_kernels_sums_one_at_a_time_equal_parallel_sums(monkeypatch):
         for key, value in parallel.statistics[name].sums.items():
             np.testing.assert_array_equal(serial.statistics[name].sums[key], value)
     assert_matches_reference(model, serial, x)
+
+
+def test_resuming_on_a_dataset_reads_each_batch_once(tmp_path):
+    """On one device the batches a checkpoint has seen are read once to be skipped, not twice
+    (a resumed fit on an image pipeline would otherwise decode the skipped half twice); the
+    resumed fit still equals the uninterrupted one."""
+    model, x = digits_model()
+    x = x[:256]
+    checkpoint = tmp_path / "state.h5"
+    PatternComputer(model).compute(x[:96], batch_size=BATCH, checkpoint=checkpoint, verbose=0)
+    reads: list[int] = []
+
+    def batches():
+        for i in range(0, len(x), BATCH):
+            reads.append(i)
+            yield x[i:i + BATCH]
+
+    dataset = tf.data.Dataset.from_generator(
+        batches, output_signature=tf.TensorSpec((None,) + x.shape[1:], tf.float32))
+    resumed = PatternComputer(model).compute(dataset, checkpoint=checkpoint, resume=True,
+                                             verbose=0)
+    assert reads == list(range(0, len(x), BATCH))
+    whole = PatternComputer(model).compute(x, batch_size=BATCH, verbose=0)
+    assert_resumed_equals(whole, resumed)

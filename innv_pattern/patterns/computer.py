@@ -316,7 +316,11 @@ class PatternComputer:
                              f"already batched; received batch_size={batch_size}. It applies "
                              "to numpy arrays only.")
         if isinstance(data, tf.data.Dataset):
-            if skip:
+            if skip and single:  # read the skipped batches once, then go on from there
+                iterator = iter(data)
+                _skipped_batches((_batch_size(b) for b in iterator), skip)
+                return iterator, None
+            if skip:  # count them, then let the distributed pipeline skip them
                 sizes = data.map(lambda *e: tf.shape(tf.nest.flatten(e)[0])[0])
                 data = data.skip(_skipped_batches(sizes.as_numpy_iterator(), skip))
             return (data if single else self.strategy.experimental_distribute_dataset(data)), None

@@ -191,8 +191,10 @@ class Fitter:
         return [tf.cast(t, graph.dtypes[k]) for t, k in zip(self._model_inputs(element),
                                                               graph.inputs)]
 
-    def _replica_sums(self, x: Any) -> dict[str, Any]:
-        sums: dict[str, Any] = {}
+    def _forward(self, xs: list[tf.Tensor]) -> list[tuple[KernelOp, tf.Tensor, tf.Tensor,
+                                                          tf.Tensor, tf.Tensor]]:
+        """The forward pass; ``(op, input, linear output, output, kernel)`` of each kernel op."""
+        found = []
 
         def call(op: Any, *args: tf.Tensor) -> list[tf.Tensor]:
             if not isinstance(op, KernelOp):
@@ -200,13 +202,21 @@ class Fitter:
             kernel, bias = op.get_kernel(), op.get_bias()
             y = op.linear(args[0], kernel)
             out = y if bias is None else y + op.broadcast_bias(bias)
-            sums[op.name] = batch_sums(op, self.c._layouts[op.name], args[0], y, out,
-                                       self.means[op.name], self.y_shifts[op.name],
-                                       self.c._regimes, kernel)
+            found.append((op, args[0], y, out, kernel))
             return [out]
 
-        xs = self._inputs(x)
         self.c._graph.run(xs, call=call)
+        return found
+
+    def _batch_sums(self, op: KernelOp, x: tf.Tensor, y: tf.Tensor, out: tf.Tensor,
+                    kernel: tf.Tensor) -> dict[str, tf.Tensor]:
+        return batch_sums(op, self.c._layouts[op.name], x, y, out, self.means[op.name],
+                          self.y_shifts[op.name], self.c._regimes, kernel)
+
+    def _replica_sums(self, x: Any) -> dict[str, Any]:
+        xs = self._inputs(x)
+        sums: dict[str, Any] = {op.name: self._batch_sums(op, x_in, y, out, kernel)
+                                for op, x_in, y, out, kernel in self._forward(xs)}
         sums["samples"] = tf.cast(tf.shape(xs[0])[0], tf.float64)
         return _all_reduce(sums)
 
@@ -251,19 +261,8 @@ class Fitter:
         The batch is checked on the forward values alone, so each op's sums
         can be added (and freed) before the next op's are computed.
         """
-        forward: list[tuple[KernelOp, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]] = []
-
-        def call(op: Any, *args: tf.Tensor) -> list[tf.Tensor]:
-            if not isinstance(op, KernelOp):
-                return op.forward(*args)
-            kernel, bias = op.get_kernel(), op.get_bias()
-            y = op.linear(args[0], kernel)
-            out = y if bias is None else y + op.broadcast_bias(bias)
-            forward.append((op, args[0], y, out, kernel))
-            return [out]
-
         xs = self._inputs(x)
-        self.c._graph.run(xs, call=call)
+        forward = self._forward(xs)
         finite = tf.stack([_sums_fit_float32(x_in, y, out, self.means[op.name],
                                              self.y_shifts[op.name])
                            for op, x_in, y, out, _ in forward])
@@ -273,9 +272,7 @@ class Fitter:
             large = int(np.prod(op.kernel_shape)) >= _LARGE_KERNEL
             # A large kernel's sums wait until every earlier op's are added.
             with tf.control_dependencies(done if large else [ok]):
-                sums = batch_sums(op, self.c._layouts[op.name], x_in, y, out,
-                                  self.means[op.name], self.y_shifts[op.name],
-                                  self.c._regimes, kernel)
+                sums = self._batch_sums(op, x_in, y, out, kernel)
             names = list(sums)
             added = tf.numpy_function(self._adder(op.name, names),
                                       [ok] + [sums[n] for n in names], tf.bool, stateful=True)
