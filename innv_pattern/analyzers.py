@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from innv_pattern.canonize import canonize
+from innv_pattern.patterns.estimators import PATTERN_TYPES
 from innv_pattern.rule_maps import RULE_MAPS, bind, fuse_rectifiers, warn_fallbacks
 
 __all__ = ["Analyzer", "create_analyzer", "list_analyzers", "register"]
@@ -82,6 +83,8 @@ class Analyzer:
     name: ClassVar[str] = ""
     rule_family: ClassVar[str] = "gradient"
     start_from_value: ClassVar[bool] = False
+    #: ``Add``-type merges as kernel ops with fixed weights (see ``canonize``).
+    merge_kernels: ClassVar[bool] = False
     jit_compile: bool = False
 
     def __init__(self, model: keras.Model, neuron_selection_mode: str = "max_activation") -> None:
@@ -91,7 +94,7 @@ class Analyzer:
                 f"accepted: {list(NEURON_SELECTION_MODES)}.")
         self.model = model
         self.neuron_selection_mode = neuron_selection_mode
-        self._graph = canonize(model)
+        self._graph = canonize(model, merge_kernels=self.merge_kernels)
         if len(self._graph.outputs) != 1:
             raise ValueError(f"Analyzers explain one output; model '{model.name}' has "
                              f"{len(self._graph.outputs)}. Build a model with a single output.")
@@ -118,9 +121,12 @@ class Analyzer:
 
     # -- the compiled batch ------------------------------------------------
     def _forward(self, xs: list[tf.Tensor]) -> tf.Tensor:
-        call = lambda op, *a: self._rules[op.name](*a)  # noqa: E731
-        out = self._graph.run(xs, call=call)[0]
+        out = self._graph.run(xs, call=self._call)[0]
         return tf.reshape(out, [tf.shape(out)[0], -1])
+
+    def _call(self, op: Any, *xs: tf.Tensor) -> list[tf.Tensor]:
+        """``op`` applied through its bound rule (the forward pass of the analysis)."""
+        return self._rules[op.name](*xs)
 
     def _reverse(self, xs: list[tf.Tensor], index: tf.Tensor) -> list[tf.Tensor]:
         """Gradient of the selected outputs w.r.t. ``xs`` (index -1: maximum)."""
@@ -385,17 +391,25 @@ class IntegratedGradients(_Sampling):
 class _PatternAnalyzer(Analyzer):
     """Shared by PatternNet and PatternAttribution: patterns in, kernels swapped.
 
+    Every kernel layer, and every ``Add``, ``Subtract`` and ``Average`` (a
+    linear layer with fixed weights), back-propagates with its fitted pattern;
+    an element-wise affine layer ``y = s x + b`` (an unfolded
+    BatchNormalization, ``Rescaling``) with its exact pattern ``1 / s``.
+
     Args:
         patterns: A mapping from kernel-op name to pattern (an
             :class:`innv_pattern.Patterns`, or a plain dict of arrays shaped like
             the kernels), or ``None`` to :meth:`fit` or :meth:`load_patterns`
             later.
-        pattern_type: ``"relu"`` (the two-component estimator's positive
-            regime, the paper's choice) or ``"linear"``.
+        pattern_type: The signal estimator: ``"relu"`` (the two-component
+            estimator with within-regime statistics, the default), ``"relu_eq7"``
+            (the paper's Eq. 7 with the global mean of ``y``) or ``"linear"``;
+            see :mod:`innv_pattern.patterns.estimators`.
     """
 
     rule_family = "pattern"
     start_from_value = True
+    merge_kernels = True
     overflow_hint = (
         "Patterns fitted on an untrained network, or on few or unrepresentative samples, "
         "can amplify the signal by orders of magnitude per layer (each pattern is scaled "
@@ -406,8 +420,9 @@ class _PatternAnalyzer(Analyzer):
 
     def __init__(self, model: keras.Model, neuron_selection_mode: str = "max_activation",
                  patterns: Mapping[str, Any] | None = None, pattern_type: str = "relu") -> None:
-        if pattern_type not in ("relu", "linear"):
-            raise ValueError(f"pattern_type must be 'relu' or 'linear'; received {pattern_type!r}.")
+        if pattern_type not in PATTERN_TYPES:
+            raise ValueError(f"pattern_type must be one of {sorted(PATTERN_TYPES)}; received "
+                             f"{pattern_type!r}.")
         self.pattern_type = pattern_type
         self.patterns: dict[str, np.ndarray] | None = None
         self._patterns_source: Any = None
@@ -479,9 +494,61 @@ class _PatternAnalyzer(Analyzer):
 
 @register
 class PatternNet(_PatternAnalyzer):
-    """PatternNet: back-projects the signal, with each kernel replaced by its pattern."""
+    """PatternNet: back-projects the signal, with each kernel replaced by its pattern.
+
+    Each layer's back-projection sums the signal estimates of all its neurons,
+    so the paper's signal grows with depth (by 1e3 and more per layer on
+    trained networks; beyond float32 at ResNet depth).  With ``normalize``
+    (the default) the back-projected signal is rescaled, per sample, at every
+    tensor that all paths from the output to the input pass through (between
+    layers and blocks, not inside a residual block) to the root mean square of
+    the forward activation there.  The backward pass is linear in the signal,
+    so the result is the paper's signal times one positive number per sample:
+    the direction is exact, the scale is that of the activations, and a model
+    with one kernel layer (the linear model, the toy example) gives the
+    paper's ``a y`` unchanged.
+
+    Args:
+        normalize: Rescale at the cut tensors as above; ``False`` gives the
+            paper's scale, which can overflow float32.
+    """
 
     name = "pattern.net"
+
+    def __init__(self, model: keras.Model, neuron_selection_mode: str = "max_activation",
+                 patterns: Mapping[str, Any] | None = None, pattern_type: str = "relu",
+                 normalize: bool = True) -> None:
+        self.normalize = bool(normalize)
+        self._cuts: frozenset[int] = frozenset()
+        super().__init__(model, neuron_selection_mode, patterns, pattern_type)
+
+    def _build(self) -> None:
+        graph = self._graph
+        self._cuts = (graph.cut_tensors() - set(graph.inputs) - set(graph.outputs)
+                      if self.normalize else frozenset())
+        super()._build()
+
+    def _call(self, op: Any, *xs: tf.Tensor) -> list[tf.Tensor]:
+        outs = super()._call(op, *xs)
+        return [_rms_rescaled(t) if key in self._cuts else t for key, t in zip(op.outputs, outs)]
+
+
+def _rms_rescaled(t: tf.Tensor) -> tf.Tensor:
+    """``t``, whose backward signal is rescaled per sample to the RMS of ``t``."""
+
+    @tf.custom_gradient
+    def rescale(v: tf.Tensor) -> Any:
+        def grad(g: tf.Tensor) -> tf.Tensor:
+            axes = list(range(1, len(v.shape)))
+            # Divided by its largest entry first: squares of a large signal overflow.
+            g = tf.math.divide_no_nan(g, tf.reduce_max(tf.abs(g), axis=axes, keepdims=True))
+            rms_v = tf.sqrt(tf.reduce_mean(tf.square(v), axis=axes, keepdims=True))
+            rms_g = tf.sqrt(tf.reduce_mean(tf.square(g), axis=axes, keepdims=True))
+            return g * tf.math.divide_no_nan(rms_v, rms_g)
+
+        return tf.identity(v), grad
+
+    return rescale(t)
 
 
 @register

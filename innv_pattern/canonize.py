@@ -193,6 +193,32 @@ class CanonicalGraph:
         """The kernel operations, whose kernels get patterns."""
         return [op for op in self.ops if isinstance(op, KernelOp)]
 
+    def cut_tensors(self) -> set[int]:
+        """The tensors that every path from an input to an output passes through.
+
+        Example:
+            >>> import keras
+            >>> inp = keras.Input((3,))
+            >>> h = keras.layers.Dense(3, activation="relu", name="h")(inp)
+            >>> out = keras.layers.Add(name="add")([keras.layers.Dense(3, name="d")(h), h])
+            >>> graph = canonize(keras.Model(inp, out))
+            >>> cuts = graph.cut_tensors()
+            >>> [op.name for op in graph.ops if op.outputs[0] in cuts]
+            ['h', 'h/activation', 'add']
+        """
+        paths_in = {key: 1 for key in self.inputs}  # paths from any input to each tensor
+        for op in self.ops:
+            total = sum(paths_in.get(key, 0) for key in op.inputs)
+            paths_in.update((key, total) for key in op.outputs)
+        paths_out = {key: 1 for key in self.outputs}  # paths from each tensor to an output
+        for op in reversed(self.ops):
+            total = sum(paths_out.get(key, 0) for key in op.outputs)
+            for key in op.inputs:
+                paths_out[key] = paths_out.get(key, 0) + total
+        every = sum(paths_out.get(key, 0) for key in self.inputs)
+        return {key for key, n in paths_in.items()
+                if every and n * paths_out.get(key, 0) == every}
+
     def run(self, inputs: list[tf.Tensor], call: Callable | None = None,
             keep: bool = False) -> Any:
         """Runs the ops; ``call(op, *xs)`` replaces ``op.forward`` if given."""
@@ -205,20 +231,25 @@ class CanonicalGraph:
         return (result, values) if keep else result
 
 
-def canonize(model: keras.Model, strip_softmax: bool = True) -> CanonicalGraph:
+def canonize(model: keras.Model, strip_softmax: bool = True,
+             merge_kernels: bool = False) -> CanonicalGraph:
     """The canonical graph of ``model``; the model itself is not modified.
 
     Args:
         model: A functional or Sequential Keras 3 model.
         strip_softmax: Replace a softmax producing a model output by the
             identity.
+        merge_kernels: Make every ``Add``, ``Subtract`` and ``Average`` layer a
+            kernel op with fixed weights (:func:`_merge_ops`), so that the
+            pattern methods fit a pattern for it as for any linear layer.
     """
     graph = Graph.from_model(model)
     ops: list[Op] = []
     shapes = dict(graph.shapes)
     dtypes = {k: "float32" if d in NARROW_FLOATS else d for k, d in graph.dtypes.items()}
     for node in graph.nodes:
-        ops.extend(_split(node, shapes, dtypes))
+        merged = _merge_ops(node, shapes, dtypes) if merge_kernels else None
+        ops.extend(merged or _split(node, shapes, dtypes))
     ops = _resolve_products(_fold_batchnorm(ops, graph.outputs, shapes))
     if strip_softmax:
         ops = [_strip_softmax(op, graph.outputs) for op in ops]
@@ -447,6 +478,56 @@ def _is_gate(key: int, producer: dict[int, Op]) -> bool:
            and len(op.inputs) == 1):
         op = producer.get(op.inputs[0])
     return isinstance(op, ActivationOp) and op.activation in kinds.GATE_ACTIVATIONS
+
+
+#: Merge layers that are linear with fixed weights: the weight of input ``k`` of ``n``.
+_MERGE_WEIGHTS = {keras.layers.Add: lambda k, n: 1.0,
+                  keras.layers.Subtract: lambda k, n: 1.0 if k == 0 else -1.0,
+                  keras.layers.Average: lambda k, n: 1.0 / n}
+
+
+def _merge_ops(node: Node, shapes: dict, dtypes: dict) -> list[Op] | None:
+    """``Add``/``Subtract``/``Average`` of ``n`` same-shaped tensors as two ops, or ``None``.
+
+    A :class:`LayerOp` (kind ``routing``) interleaves the inputs along the
+    last axis (entry ``c * n + k`` is input ``k``'s channel ``c``), and a
+    :class:`KernelOp` with a constant ``(n, channels)`` kernel of the merge's
+    weights sums each channel's ``n`` entries: a grouped linear layer whose
+    neurons are the channels, each reading one entry of every input.
+    """
+    weight = next((w for cls, w in _MERGE_WEIGHTS.items() if type(node.layer) is cls), None)
+    out = tuple(shapes[node.outputs[0]])
+    n = len(node.inputs)
+    if weight is None or n < 2 or any(tuple(shapes[k]) != out for k in node.inputs):
+        return None
+    stacked = fresh_key()
+    shapes[stacked], dtypes[stacked] = out[:-1] + (out[-1] * n,), dtypes[node.outputs[0]]
+    dtype = dtypes[node.outputs[0]] if "float" in str(dtypes[node.outputs[0]]) else "float32"
+    kernel = tf.constant([[weight(k, n)] * out[-1] for k in range(n)], dtype)
+
+    def interleave(*xs: tf.Tensor) -> list[tf.Tensor]:
+        stack = tf.stack([widen(x) for x in xs], axis=-1)
+        return [tf.reshape(stack, tf.concat([tf.shape(stack)[:-2], [-1]], 0))]
+
+    def linear(x: tf.Tensor, k: tf.Tensor) -> tf.Tensor:
+        parts = tf.reshape(x, tf.concat([tf.shape(x)[:-1], [-1, n]], 0))
+        return tf.reduce_sum(parts * tf.transpose(k), axis=-1)
+
+    stack = _Interleave(node.name + "/inputs", node.layer, node.inputs, (stacked,),
+                        kind=kinds.ROUTING, fn=interleave)
+    return [stack, KernelOp(node.name, node.layer, (stacked,), node.outputs, linear=linear,
+                            get_kernel=lambda: kernel, get_bias=lambda: None,
+                            kernel_shape=(n, out[-1]), channel_axis=-1)]
+
+
+@dataclasses.dataclass(eq=False)
+class _Interleave(LayerOp):
+    """The inputs of a merge kernel op, interleaved along the last axis (:func:`_merge_ops`)."""
+
+    fn: Callable[..., list[tf.Tensor]] = None
+
+    def forward(self, *xs: tf.Tensor) -> list[tf.Tensor]:
+        return self.fn(*xs)
 
 
 def _strip_softmax(op: Op, outputs: list[int]) -> Op:

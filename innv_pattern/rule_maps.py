@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 from innv_pattern import kinds
 from innv_pattern.canonize import ActivationOp, CanonicalGraph, KernelOp, LayerOp, Op
-from innv_pattern.rules import (DeconvReLURule, GradientRule, GuidedReLURule, IdentityRule,
+from innv_pattern.rules import (DeconvReLURule, DiagonalPatternRule, GradientRule, GuidedReLURule, IdentityRule,
                                 LinearizedRule, PassRule, PatternRule, RectifiedZRule, Rule,
                                 ZRule)
 
@@ -144,12 +144,14 @@ _LRP = RuleMap((
            "Lambda and custom layers, and products of tensors other than sigmoid gates, "
            "are not.")
 
-# Linear layers without a fitted pattern (Add, average pooling, an unfolded
-# BatchNormalization, Rescaling) back-propagate their gradient, as in iNNvestigate:
-# the copy at an Add only stays consistent with gradients along each branch.
+# Pattern analyzers canonize Add, Subtract and Average as kernel ops (fitted patterns);
+# an element-wise affine layer (an unfolded BatchNormalization, Rescaling) has the
+# exact pattern 1 / s.  Routing, max pooling and the remaining affine layers (average
+# pooling, resizing) back-propagate their gradient, as in iNNvestigate.
 _PATTERN = RuleMap((
     Entry(is_kernel, PatternRule),
     Entry(is_relu_or_linear, GradientRule),
+    Entry(of_kind(kinds.DIAGONAL), DiagonalPatternRule),
     Entry(of_kind(*_LINEAR_KINDS), GradientRule),
     Entry(is_elementwise, GradientRule, "the activation's gradient"),
     Entry(of_kind(kinds.GATE), LinearizedRule, "gates held constant, as a ReLU's mask"),

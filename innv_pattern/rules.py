@@ -39,6 +39,7 @@ from innv_pattern.canonize import KernelOp, LayerOp, Op
 
 __all__ = [
     "DeconvReLURule",
+    "DiagonalPatternRule",
     "GradientRule",
     "GuidedReLURule",
     "IdentityRule",
@@ -205,6 +206,27 @@ class PatternRule(Rule):
             return _vjp(lambda v: op.linear(v, swapped), xs, g)
 
         return [_with_backward(_forward_fn(op, lambda v: op.linear(v, kernel)), backward, xs)]
+
+
+class DiagonalPatternRule(ModifiedRule):
+    """PatternNet / PatternAttribution at an element-wise affine op ``y = s x + b``.
+
+    Each output is a neuron with one input, so its pattern is exact without
+    fitting: ``a = cov[x, y] / var[y] = 1 / s`` (in either regime).
+    PatternNet divides the signal by ``s`` (zero where ``s`` is); for
+    PatternAttribution ``w a = 1``, so relevance passes unchanged.
+    """
+
+    def __init__(self, op: Op, options: Mapping[str, Any]) -> None:
+        super().__init__(op, options)
+        self.attribution = bool(options.get("attribution", False))
+
+    def backward(self, xs: tuple, y: tf.Tensor, g: tf.Tensor) -> list[tf.Tensor]:
+        if self.attribution:
+            return [g]
+        x = xs[0]
+        scale = self.op.forward(tf.ones_like(x))[0] - self.op.forward(tf.zeros_like(x))[0]
+        return [tf.math.divide_no_nan(g, scale)]
 
 
 def linearization(op: Op) -> Callable[..., tf.Tensor]:

@@ -51,27 +51,36 @@ def transpose1d_patches(x: np.ndarray, k: int, stride: int) -> np.ndarray:
     return out
 
 
-def patterns_from_samples(xs: np.ndarray, w: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
-    """Eq. 3 and Eq. 7 for samples ``xs`` (n, F), filters ``w`` (F, N), bias ``b`` (N,).
+TYPES = ("linear", "relu.positive", "relu.negative", "relu_eq7.positive", "relu_eq7.negative")
 
-    Returns ``{type: (F, N) pattern}``; a degenerate neuron gets NaN here (the
-    tests check the library's zeros separately).
+
+def patterns_from_samples(xs: np.ndarray, w: np.ndarray, b: np.ndarray,
+                          gated: bool = True) -> dict[str, np.ndarray]:
+    """Eq. 3 and both two-component forms for samples ``xs`` (n, F), filters ``w`` (F, N).
+
+    ``relu.*``: every statistic within the regime, ``cov_r[x, y] / var_r[y]``
+    (iNNvestigate 1.x); ``relu_eq7.*``: Eq. 7 as printed, ``E_r[x y] - E_r[x] E[y]``
+    with ``E[y]`` over all samples.  The regime is ``y + b > 0`` when a ReLU
+    gates the layer (``gated``), else every sample (the negative regime is
+    then empty).  Returns ``{type: (F, N) pattern}``; a degenerate neuron gets
+    NaN here (the tests check the library's zeros separately).
     """
     y = xs @ w
-    pos = (y + b) > 0
-    mean_y = y.mean(0)
+    pos = (y + b) > 0 if gated else np.ones(y.shape, bool)
     result = {}
-    for kind, sel in (("linear", np.ones_like(pos)), ("relu.positive", pos),
-                      ("relu.negative", ~pos)):
-        count = sel.sum(0)
+    for kind, sel in (("linear", np.ones_like(pos)), ("positive", pos), ("negative", ~pos)):
         with np.errstate(invalid="ignore", divide="ignore"):
-            e_xy = (xs.T @ (y * sel)) / count
-            e_x = (xs.T @ sel) / count
-            if kind == "linear":
-                num = ((xs - xs.mean(0)).T @ (y - mean_y)) / len(xs)
-            else:
-                num = e_xy - e_x * mean_y
-            result[kind] = num / (w * num).sum(0)
+            numerators = {}
+            for i in range(w.shape[1]):  # per neuron: its regime's samples, explicitly
+                xr, yr = xs[sel[:, i]], y[sel[:, i], i]
+                within = (xr - xr.mean(0)).T @ (yr - yr.mean()) / len(yr)
+                global_mean = (xr.T @ yr) / len(yr) - xr.mean(0) * y[:, i].mean()
+                numerators.setdefault("relu", []).append(within)
+                numerators.setdefault("relu_eq7", []).append(global_mean)
+            for family, columns in numerators.items():
+                num = np.stack(columns, axis=1)
+                name = "linear" if kind == "linear" else f"{family}.{kind}"
+                result[name] = num / (w * num).sum(0)
     return result
 
 
@@ -82,42 +91,50 @@ def layer_input(model: keras.Model, layer: keras.layers.Layer, x: np.ndarray) ->
     return np.asarray(keras.ops.convert_to_numpy(sub(x, training=False)), np.float64)
 
 
-def reference_patterns(model: keras.Model, layer: keras.layers.Layer,
-                       x: np.ndarray) -> dict[str, np.ndarray]:
-    """All pattern types of one Dense, Conv2D, DepthwiseConv2D or Conv1DTranspose layer."""
+def reference_patterns(model: keras.Model, layer: keras.layers.Layer, x: np.ndarray,
+                       gated: bool | None = None) -> dict[str, np.ndarray]:
+    """All pattern types of one Dense, Conv2D, DepthwiseConv2D or Conv1DTranspose layer.
+
+    ``gated``: whether a ReLU follows the layer; by default, whether the layer's
+    own activation is a ReLU.
+    """
+    if gated is None:
+        gated = getattr(layer, "activation", None) is keras.activations.relu
     inp = layer_input(model, layer, x)
     w = np.asarray(layer.kernel, np.float64)
     b = np.asarray(layer.bias, np.float64) if layer.use_bias else np.zeros(w.shape[-1])
     if isinstance(layer, keras.layers.Dense):
-        return patterns_from_samples(inp, w, b)
+        return patterns_from_samples(inp, w, b, gated)
     if isinstance(layer, keras.layers.Conv1DTranspose):
         p = transpose1d_patches(inp, layer.kernel_size[0], layer.strides[0])
         flat_w = np.transpose(w, (0, 2, 1)).reshape(-1, w.shape[1])
-        found = patterns_from_samples(p.reshape(-1, flat_w.shape[0]), flat_w, b)
+        found = patterns_from_samples(p.reshape(-1, flat_w.shape[0]), flat_w, b, gated)
         k, out, c = w.shape
         return {t: np.transpose(a.reshape(k, c, out), (0, 2, 1)) for t, a in found.items()}
     p = conv_patches(inp, layer.kernel_size, layer.strides, layer.padding, layer.dilation_rate)
     if isinstance(layer, keras.layers.DepthwiseConv2D):
-        return _depthwise(p, w, b)
+        return _depthwise(p, w, b, gated)
     groups = getattr(layer, "groups", 1)
     per_in, per_out = w.shape[2], w.shape[3] // groups
-    result = {t: np.zeros_like(w) for t in ("linear", "relu.positive", "relu.negative")}
+    result = {t: np.zeros_like(w) for t in TYPES}
     for g in range(groups):
         xs = p[..., g * per_in:(g + 1) * per_in].reshape(-1, int(np.prod(w.shape[:3])))
         cols = slice(g * per_out, (g + 1) * per_out)
-        found = patterns_from_samples(xs, w[..., cols].reshape(xs.shape[1], -1), b[cols])
+        found = patterns_from_samples(xs, w[..., cols].reshape(xs.shape[1], -1), b[cols],
+                                      gated)
         for t, a in found.items():
             result[t][..., cols] = a.reshape(w[..., cols].shape)
     return result
 
 
-def _depthwise(p: np.ndarray, w: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+def _depthwise(p: np.ndarray, w: np.ndarray, b: np.ndarray,
+               gated: bool) -> dict[str, np.ndarray]:
     kh, kw, cin, mult = w.shape
-    result = {t: np.zeros_like(w) for t in ("linear", "relu.positive", "relu.negative")}
+    result = {t: np.zeros_like(w) for t in TYPES}
     for c in range(cin):
         xs = p[..., c].reshape(-1, kh * kw)
         found = patterns_from_samples(xs, w[:, :, c, :].reshape(kh * kw, mult),
-                                      b[c * mult:(c + 1) * mult])
+                                      b[c * mult:(c + 1) * mult], gated)
         for t, a in found.items():
             result[t][:, :, c, :] = a.reshape(kh, kw, mult)
     return result

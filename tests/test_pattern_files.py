@@ -70,7 +70,7 @@ def test_round_trip(fitted):
     model, patterns, path = fitted
     loaded = Patterns.load(path, model=model)
     assert_identical(patterns, loaded)
-    assert loaded.format_version == 1 and list(loaded) == ["hidden", "out"]
+    assert loaded.format_version == 2 and list(loaded) == ["hidden", "out"]
     assert loaded["hidden"].shape == (5, 4) and loaded.has_type("relu")
     assert_identical(patterns, Patterns.load(path))  # no model: no model checks
 
@@ -186,9 +186,17 @@ def test_changed_weights_are_refused_unless_allowed(fitted):
 
 def test_newer_format_version_is_refused(copy):
     with h5py.File(copy, "r+") as f:
-        f.attrs["format_version"] = 2
-    with pytest.raises(PatternFileError, match="format version 2 by a newer innv_pattern; this "
-                                               "version reads format versions up to 1"):
+        f.attrs["format_version"] = 3
+    with pytest.raises(PatternFileError, match="format version 3 by a newer innv_pattern; this "
+                                               "version reads format versions up to 2"):
+        Patterns.load(copy)
+
+
+def test_version_1_relu_patterns_are_refused(copy):
+    """Version 1's 'relu' patterns used Eq. 7's global mean and own-sign regimes: refit, say so."""
+    with h5py.File(copy, "r+") as f:
+        f.attrs["format_version"] = 1
+    with pytest.raises(PatternFileError, match="format version 1 .*Fit the patterns again"):
         Patterns.load(copy)
 
 

@@ -15,7 +15,7 @@ from pattern_reference import patterns_from_samples
 from innv_pattern.patterns import PatternStatistics, expand_pattern_type
 from innv_pattern.patterns.estimators import state_shapes
 
-TYPES = ("linear", "relu.positive", "relu.negative")
+TYPES = ("linear", "relu.positive", "relu.negative", "relu_eq7.positive", "relu_eq7.negative")
 
 
 def sums_of(x: np.ndarray, w: np.ndarray, b: np.ndarray, mx: np.ndarray | float = 0.0,
@@ -46,21 +46,60 @@ def test_toy_example_linear_pattern_is_the_signal_direction():
     stats.update(sums_of(x, w, np.zeros(1)))
     patterns, degenerate = stats.finalize(w, TYPES)
     np.testing.assert_allclose(patterns["linear"][:, 0], [1.0, 0.0], atol=1e-9)
-    assert degenerate == {"linear": 0, "relu.positive": 0, "relu.negative": 0}
+    assert degenerate == {t: 0 for t in TYPES}
 
 
 def test_toy_example_two_component_patterns_reduce_to_the_linear_one():
-    """For zero-mean distractors both regimes' patterns are a_s too (Sec. 4.3)."""
+    """For zero-mean distractors both regimes' patterns are a_s too (Sec. 4.3), in both forms.
+
+    The tolerance is four standard errors of the estimate: the within-regime
+    form divides by var+[y] = 1/12 (y uniform on [0, 1] in a regime), Eq. 7's
+    form by E+[y^2] - E+[y] E[y] = 1/3, so the within-regime form is the noisier
+    one here (standard error std[eps] / (sqrt(n+) std+[y])).
+    """
+    n = 200_000
     rng = np.random.default_rng(1)
-    y = rng.uniform(-1, 1, 20000)
-    eps = rng.normal(0.0, 1.0, 20000)
+    y = rng.uniform(-1, 1, n)
+    eps = rng.normal(0.0, 1.0, n)
     x = np.outer(y, [1.0, 0.0]) + np.outer(eps, [1.0, 1.0])
     w = np.array([[1.0], [-1.0]])
     stats = dense_stats(2, 1)
     stats.update(sums_of(x, w, np.zeros(1)))
     patterns, _ = stats.finalize(w, TYPES)
+    within = 4 / (np.sqrt(n / 2) * np.sqrt(1 / 12))
     for kind in TYPES:
-        np.testing.assert_allclose(patterns[kind][:, 0], [1.0, 0.0], atol=0.03)
+        np.testing.assert_allclose(patterns[kind][:, 0], [1.0, 0.0], atol=within, err_msg=kind)
+
+
+def test_within_regime_form_is_shift_invariant_and_eq7_moves_by_its_closed_form():
+    """x -> x + m with the bias compensated (b - w^T m): same regimes, same y up to w^T m.
+
+    ``relu.*`` (cov_r[x, y] / var_r[y]) must not change.  Eq. 7's numerator
+    E_r[x y] - E_r[x] E[y] changes by exactly m (E_r[y] - E[y]) (Kindermans et
+    al., 2017, on input invariance), checked here against that closed form.
+    """
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(2000, 3)) @ rng.normal(size=(3, 3))
+    w, b = rng.normal(size=(3, 2)), np.array([0.3, -0.2])
+    m = np.array([5.0, -3.0, 2.0])
+    plain, shifted = dense_stats(3, 2), dense_stats(3, 2)
+    plain.update(sums_of(x, w, b))
+    shifted.update(sums_of(x + m, w, b - m @ w))
+    found, _ = plain.finalize(w, TYPES)
+    moved, _ = shifted.finalize(w, TYPES)
+    for kind in ("linear", "relu.positive", "relu.negative"):
+        np.testing.assert_allclose(moved[kind], found[kind], rtol=1e-8, atol=1e-10)
+    y = x @ w
+    pos = (y + b) > 0
+    for regime, sel in (("positive", pos), ("negative", ~pos)):
+        shift = m[:, None] * ((y * sel).sum(0) / sel.sum(0) - y.mean(0))[None]
+        for stats, offset in ((plain, 0.0), (shifted, shift)):
+            numerator = np.empty((3, 2))
+            stats._numerator(f"relu_eq7.{regime}", numerator)
+            count = sel.sum(0)
+            expected = (x.T @ (y * sel)) / count - (x.T @ sel) / count * y.mean(0)
+            np.testing.assert_allclose(numerator / count, expected + offset, rtol=1e-8)
+    assert np.abs(moved["relu_eq7.positive"] - found["relu_eq7.positive"]).max() > 0.1
 
 
 @pytest.mark.parametrize("offset", [0.0, 1e3])
@@ -123,7 +162,8 @@ def test_degenerate_neurons_get_zero_patterns_and_are_counted():
     stats = dense_stats(3, 4)
     stats.update(sums_of(x, w, b))
     patterns, degenerate = stats.finalize(w, TYPES)
-    assert degenerate == {"linear": 1, "relu.positive": 2, "relu.negative": 2}
+    assert degenerate == {"linear": 1, "relu.positive": 2, "relu.negative": 2,
+                          "relu_eq7.positive": 2, "relu_eq7.negative": 2}
     for kind in TYPES:
         assert np.isfinite(patterns[kind]).all()
     assert not patterns["relu.positive"][:, 0].any() and not patterns["relu.negative"][:, 1].any()

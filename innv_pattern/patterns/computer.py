@@ -23,7 +23,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from innv_pattern.canonize import KernelOp, canonize
+from innv_pattern import kinds
+from innv_pattern.canonize import ActivationOp, CanonicalGraph, KernelOp, LayerOp, Op, canonize
 from innv_pattern.patterns.estimators import PatternStatistics, expand_pattern_type
 from innv_pattern.patterns.io import Fingerprint, Patterns
 from innv_pattern.patterns.layout import layout_of
@@ -61,7 +62,7 @@ class PatternComputer:
         self.pattern_type = pattern_type
         self.types = expand_pattern_type(pattern_type)
         self.strategy = strategy or tf.distribute.get_strategy()
-        self._graph = canonize(model)
+        self._graph = canonize(model, merge_kernels=True)
         self._ops: list[KernelOp] = self._graph.kernel_ops
         if not self._ops:
             raise ValueError(f"Model '{model.name}' has no kernel layer (Dense or convolution); "
@@ -72,6 +73,7 @@ class PatternComputer:
             self._keys.setdefault(op.pattern_key, op)  # a shared layer's calls share one
         _check_static_shapes(self._ops, self._graph)
         self._regimes = any(t.startswith("relu") for t in self.types)
+        self._gated = gated_ops(self._graph)
         self._state: dict[str, PatternStatistics] = {}
         self._samples = 0
         self._fitter: Fitter | None = None
@@ -247,6 +249,9 @@ class PatternComputer:
         for key, op in self._keys.items():
             found, degenerate[key] = self._state[key].finalize(
                 op.get_kernel().numpy(), self.types, np.float32)
+            if not self._gated[op.name]:  # one regime, every sample: no negative one to count
+                degenerate[key] = {t: n for t, n in degenerate[key].items()
+                                   if not t.endswith(".negative")}
             for kind, pattern in found.items():
                 by_type[kind][key] = pattern
         return Patterns(by_type, self.pattern_type, Fingerprint.of(self.model, self._graph),
@@ -332,6 +337,41 @@ class PatternComputer:
             _skipped_batches((_batch_size(b) for b in iterator), skip)
         return (iterator if single else self.strategy.experimental_distribute_dataset(
             _generator_dataset(iterator))), None
+
+
+def gated_ops(graph: CanonicalGraph) -> dict[str, bool]:
+    """Per kernel op: whether a rectifier gates its output (the two-component regimes).
+
+    The regimes of the two-component estimator are those of the ReLU that
+    follows a neuron.  An op is gated when every reader of its output is a
+    rectifier, reached through ops that keep the sign (single-input routing
+    and max pooling).  An op that feeds an ``Add``, another kernel op (the
+    depthwise half of a separable convolution) or the model's output has no
+    gate: its one regime is every sample, so its ``relu.*`` positive pattern
+    is the linear one.
+
+    Example:
+        >>> import keras
+        >>> from innv_pattern.canonize import canonize
+        >>> inp = keras.Input((3,))
+        >>> hidden = keras.layers.Dense(4, activation="relu", name="h")(inp)
+        >>> out = keras.layers.Dense(2, name="o")(hidden)
+        >>> gated_ops(canonize(keras.Model(inp, out)))
+        {'h': True, 'o': False}
+    """
+    readers: dict[int, list[Op]] = {}
+    for op in graph.ops:
+        for key in op.inputs:
+            readers.setdefault(key, []).append(op)
+
+    def gated(key: int) -> bool:
+        found = readers.get(key, [])
+        return key not in graph.outputs and bool(found) and all(
+            (isinstance(r, ActivationOp) and r.activation in kinds.RECTIFIERS)
+            or (isinstance(r, LayerOp) and r.kind in (kinds.ROUTING, kinds.MAX)
+                and len(r.inputs) == 1 and gated(r.outputs[0])) for r in found)
+
+    return {op.name: gated(op.outputs[0]) for op in graph.kernel_ops}
 
 
 def _check_static_shapes(ops: list[KernelOp], graph: Any) -> None:

@@ -11,10 +11,23 @@ totals minus the positive ones).  From these, :meth:`PatternStatistics.finalize`
 computes the patterns:
 
 * ``"linear"`` (Eq. 3): ``a = cov[x, y] / (w^T cov[x, y])``;
-* ``"relu.positive"`` (Eq. 7): ``a+ = (E+[x y] - E+[x] E[y]) /
-  w^T (E+[x y] - E+[x] E[y])``, and ``"relu.negative"`` the same with ``E-``.
+* ``"relu"``, the two-component estimator with every statistic taken within
+  the regime (iNNvestigate 1.x, whose VGG16 heat maps are the published
+  ones): ``a+ = cov+[x, y] / var+[y]``, that is ``(E+[x y] - E+[x] E+[y]) /
+  w^T (E+[x y] - E+[x] E+[y])`` (``"relu.positive"``), and ``"relu.negative"``
+  the same with ``E-``;
+* ``"relu_eq7"``, the two-component estimator as Eq. 7 prints it and the
+  paper's code (nn-patterns) computes it: ``a+ = (E+[x y] - E+[x] E[y]) /
+  w^T (E+[x y] - E+[x] E[y])`` with ``E[y]`` over all samples
+  (``"relu_eq7.positive"``, ``"relu_eq7.negative"``).
 
-``E[y]`` is over all samples.  A neuron whose regime has no sample, or whose
+Both two-component forms reduce to the linear estimator when a regime holds
+every sample.  Only ``"relu"`` is invariant to a shift of the input's mean
+(compensated by the bias, Kindermans et al., 2017): Eq. 7's numerator is
+``cov+[x, y] + E+[x] (E+[y] - E[y])``, and a shift moves ``E+[y] - E[y]``.
+On trained networks with BatchNormalization the difference is large
+(``benchmarks/trained_networks.py``), so ``"relu"`` is the default.  A
+neuron whose regime has no sample, or whose
 denominator vanishes (to within :data:`DEGENERATE_RTOL` of
 ``sum_f |w_f num_f|``, below which the ratio is rounding noise), is
 *degenerate*: its pattern is all zeros (it then contributes nothing to a
@@ -53,6 +66,7 @@ __all__ = [
 PATTERN_TYPES: dict[str, tuple[str, ...]] = {
     "linear": ("linear",),
     "relu": ("relu.positive", "relu.negative"),
+    "relu_eq7": ("relu_eq7.positive", "relu_eq7.negative"),
 }
 #: Relative size of ``w^T num`` below which a neuron is degenerate.
 DEGENERATE_RTOL = 1e-6
@@ -71,7 +85,9 @@ def expand_pattern_type(pattern_type: str | Iterable[str]) -> tuple[str, ...]:
     if not names or unknown:
         raise ValueError(
             f"Unknown pattern_type {pattern_type!r}. Accepted: one of "
-            f"{sorted(PATTERN_TYPES)} or a tuple of them, such as ('linear', 'relu').")
+            f"{sorted(PATTERN_TYPES)} or a tuple of them, such as ('linear', 'relu'): 'relu' "
+            "is the two-component estimator with within-regime statistics (iNNvestigate "
+            "1.x), 'relu_eq7' the paper's Eq. 7 with the mean of y over all samples.")
     types: list[str] = []
     for name in names:
         types.extend(t for t in PATTERN_TYPES[name] if t not in types)
@@ -218,26 +234,38 @@ class PatternStatistics:
         return patterns, degenerate
 
     def _numerator(self, kind: str, out: np.ndarray) -> np.ndarray:
-        """Writes ``n_r (E_r[x y] - E_r[x] E[y])`` of regime r into ``out``; returns ``n_r``."""
+        """Writes ``n_r (E_r[x y] - E_r[x] E'[y])`` of regime r into ``out``; returns ``n_r``.
+
+        ``E'[y]`` is ``E_r[y]`` for ``relu.*``, ``E[y]`` for ``relu_eq7.*`` and
+        ``linear``.  Only ``out`` is kernel-sized: the negative regime's sums
+        (totals minus the positive ones) are formed in it.
+        """
         s, n = self.sums, self.sums["count"]
-        mean_y = s["sum_y"] / n if n > 0 else np.zeros(self.neuron_shape)
+        family, _, regime = kind.partition(".")
+        if kind != "linear" and (family not in ("relu", "relu_eq7") or not self.regimes
+                                 or regime not in ("positive", "negative")):
+            accepted = ["linear"] + ([f"{f}.{r}" for f in ("relu", "relu_eq7")
+                                      for r in ("positive", "negative")] if self.regimes else [])
+            raise ValueError(f"Cannot compute pattern type {kind!r} from these statistics; "
+                             f"accepted: {accepted}.")
+        count, sum_y = (n, s["sum_y"]) if kind == "linear" else (s["count_pos"], s["sum_y_pos"])
+        if regime == "negative":
+            count, sum_y = n - count, s["sum_y"] - sum_y
+        within = sum_y if family == "relu" else s["sum_y"]
+        size = count if family == "relu" else n
+        mean_y = np.divide(within, size, out=np.zeros(self.neuron_shape), where=size > 0)
         if kind == "linear":
             np.multiply(s["sum_x"], mean_y, out=out)
             np.subtract(s["sum_xy"], out, out=out)
-            return np.broadcast_to(n, self.neuron_shape)
-        if kind not in ("relu.positive", "relu.negative") or not self.regimes:
-            accepted = ["linear"] + (["relu.positive", "relu.negative"] if self.regimes else [])
-            raise ValueError(f"Cannot compute pattern type {kind!r} from these statistics; "
-                             f"accepted: {accepted}.")
-        if kind == "relu.positive":
+        elif regime == "positive":
             np.multiply(s["sum_x_pos"], mean_y, out=out)
             np.subtract(s["sum_xy_pos"], out, out=out)
-            return s["count_pos"]
-        np.subtract(s["sum_x"], s["sum_x_pos"], out=out)  # negative regime: totals - positive
-        out *= mean_y
-        np.subtract(s["sum_xy"], out, out=out)
-        out -= s["sum_xy_pos"]
-        return n - s["count_pos"]
+        else:
+            np.subtract(s["sum_x"], s["sum_x_pos"], out=out)
+            out *= mean_y
+            np.subtract(s["sum_xy"], out, out=out)
+            out -= s["sum_xy_pos"]
+        return np.broadcast_to(count, self.neuron_shape)
 
 
 def state_shapes(kernel_shape: Iterable[int], neuron_axes: Iterable[int], regimes: bool,

@@ -40,8 +40,8 @@ class Fingerprint:
     """Identifies the model a set of patterns belongs to.
 
     Attributes:
-        names: The pattern keys (kernel-op names; a shared layer's calls share
-            one), in graph order.
+        names: The pattern keys (kernel-op names, ``Add``-type merges
+            included; a shared layer's calls share one), in graph order.
         shapes: Kernel shape of each op.
         kernel_digests: sha256 of the weights of each op's layer.
         weights_digest: sha256 of all the model's weights (BatchNormalization
@@ -57,7 +57,7 @@ class Fingerprint:
     @classmethod
     def of(cls, model: keras.Model, graph: CanonicalGraph | None = None) -> "Fingerprint":
         """The fingerprint of ``model`` (``graph``: its canonical graph, if at hand)."""
-        graph = canonize(model) if graph is None else graph
+        graph = canonize(model, merge_kernels=True) if graph is None else graph
         ops = {}  # one per pattern key: the calls of a shared layer share its kernel
         for op in graph.kernel_ops:
             ops.setdefault(op.pattern_key, op)

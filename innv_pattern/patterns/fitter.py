@@ -210,7 +210,9 @@ class Fitter:
 
     def _batch_sums(self, op: KernelOp, x: tf.Tensor, y: tf.Tensor, out: tf.Tensor,
                     kernel: tf.Tensor) -> dict[str, tf.Tensor]:
-        return batch_sums(op, self.c._layouts[op.name], x, y, out, self.means[op.name],
+        """The sums of one op; an op without a gate has one regime, every sample."""
+        regime = out if self.c._gated[op.name] else tf.ones_like(out)
+        return batch_sums(op, self.c._layouts[op.name], x, y, regime, self.means[op.name],
                           self.y_shifts[op.name], self.c._regimes, kernel)
 
     def _replica_sums(self, x: Any) -> dict[str, Any]:

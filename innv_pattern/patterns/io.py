@@ -42,7 +42,10 @@ from innv_pattern.patterns.fingerprint import Fingerprint
 __all__ = ["FORMAT_VERSION", "PatternFileError", "Patterns"]
 
 #: Version of the file layout written by :meth:`Patterns.save`.
-FORMAT_VERSION = 1
+#: 2: ``relu`` is the within-regime estimator, regimes only where a rectifier gates a
+#: layer, and ``Add``-type merges have patterns (version 1's ``relu`` was Eq. 7's
+#: global-mean form with every layer's own sign as regime: refused, refit).
+FORMAT_VERSION = 2
 FORMAT_NAME = "innv_pattern.patterns"
 
 
@@ -245,6 +248,13 @@ class Patterns(Mapping[str, np.ndarray]):
     def _read(cls, path: str) -> "Patterns":
         with h5py.File(path, "r") as f:
             meta = filecheck.header(f, path, FORMAT_NAME, FORMAT_VERSION)
+            if int(f.attrs["format_version"]) == 1 and any(
+                    t.startswith("relu") for t in meta.get("types", [])):
+                raise PatternFileError(
+                    f"'{path}' holds 'relu' patterns of format version 1 (innv_pattern < 0.2), "
+                    "fitted with Eq. 7's global mean of y and every layer's own sign as its "
+                    "regime; this version's estimators differ (see the README, 'Which "
+                    "estimator'). Fit the patterns again.")
             expected = filecheck.expected_datasets(meta, path)
             filecheck.check_structure(f, expected, os.path.getsize(path), path)
             datasets = {key: f[key][()] for key in expected}

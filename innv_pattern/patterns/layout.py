@@ -29,6 +29,7 @@ from innv_pattern.canonize import KernelOp
 __all__ = ["KernelLayout", "layout_of"]
 
 _DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+_MERGES = (keras.layers.Add, keras.layers.Subtract, keras.layers.Average)
 _TRANSPOSE = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
               keras.layers.Conv3DTranspose)
 
@@ -98,6 +99,8 @@ def layout_of(op: KernelOp) -> KernelLayout:
     padded = getattr(layer, "padding", "valid") != "valid"
     if isinstance(layer, keras.layers.Dense):
         return KernelLayout(shape, (rank - 1,), rank - 1, rank - 2)
+    if isinstance(layer, _MERGES):  # (inputs, channels): channel c reads entry c of each input
+        return KernelLayout(shape, (1,), 1, 0, groups=shape[1])
     if isinstance(layer, _DEPTHWISE) or op.name.endswith("/depthwise"):
         return KernelLayout(shape, (rank - 2, rank - 1), rank - 1, rank - 2, padded=padded)
     if isinstance(layer, _TRANSPOSE):
