@@ -211,3 +211,32 @@ def test_errors_say_what_was_received_and_what_is_accepted():
         state_shapes((4, 3), (1,), True, (2, 1))
     with pytest.raises(ValueError, match="neuron axes"):
         PatternStatistics((4, 3), (5,))
+
+
+def test_shrinkage_moves_few_sample_regimes_to_the_linear_pattern():
+    """a_r = (n_r cov_r + k cov) / w^T(...): k = 0 is the published form, a large k the
+    linear pattern, and w^T a = 1 for any k (independent closed forms, explicit samples)."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(400, 3)) @ rng.normal(size=(3, 3))
+    w = rng.normal(size=(3, 2))
+    b = -np.sort(x @ w, axis=0)[-4]  # 3 samples in each neuron's positive regime
+    stats = dense_stats(3, 2)
+    stats.update(sums_of(x, w, b))
+    plain, _ = stats.finalize(w, TYPES)
+    k = 7.0
+    shrunk, _ = stats.finalize(w, TYPES, shrinkage=k)
+    y = x @ w
+    for j in range(2):
+        sel = (y[:, j] + b[j]) > 0
+        assert sel.sum() == 3
+        xr, yr = x[sel], y[sel, j]
+        cov_r = (xr - xr.mean(0)).T @ (yr - yr.mean())
+        cov = (x - x.mean(0)).T @ (y[:, j] - y[:, j].mean()) / len(x)
+        expected = cov_r + k * cov
+        np.testing.assert_allclose(shrunk["relu.positive"][:, j], expected / (w[:, j] @ expected),
+                                   rtol=1e-8)
+    np.testing.assert_allclose((w * shrunk["relu.positive"]).sum(0), 1.0, rtol=1e-10)
+    far, _ = stats.finalize(w, TYPES, shrinkage=1e9)
+    np.testing.assert_allclose(far["relu.positive"], plain["linear"], rtol=1e-5)
+    np.testing.assert_allclose(stats.finalize(w, TYPES, shrinkage=0.0)[0]["relu.positive"],
+                               plain["relu.positive"], rtol=0, atol=0)

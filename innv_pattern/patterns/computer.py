@@ -30,7 +30,10 @@ from innv_pattern.patterns.io import Fingerprint, Patterns
 from innv_pattern.patterns.layout import layout_of
 from innv_pattern.patterns.fitter import Fitter
 
-__all__ = ["PatternComputer"]
+__all__ = ["FEW_SAMPLES", "PatternComputer"]
+
+#: Samples in a regime below which a neuron's two-component pattern is reported as noisy.
+FEW_SAMPLES = 30
 
 
 class PatternComputer:
@@ -50,6 +53,11 @@ class PatternComputer:
         pattern_type: ``"relu"`` (both regimes of the two-component
             estimator; ``relu.positive`` is the primary pattern), ``"linear"``,
             or a tuple such as ``("linear", "relu")``.
+        shrinkage: Pseudo-samples of the all-sample statistics added to
+            each regime's (:meth:`PatternStatistics.finalize`): 0, the
+            default, is the published estimator; a few (say 10) tame neurons
+            with few samples in a regime, which :meth:`few_sample_neurons`
+            counts and ``compute`` reports.
         strategy: A ``tf.distribute.Strategy``; by default the current one
             (``tf.distribute.get_strategy()`` when the computer is made).
             Each replica sums its share of every batch; the sums are reduced,
@@ -57,8 +65,10 @@ class PatternComputer:
     """
 
     def __init__(self, model: keras.Model, pattern_type: str | tuple[str, ...] = "relu",
-                 strategy: tf.distribute.Strategy | None = None) -> None:
+                 strategy: tf.distribute.Strategy | None = None,
+                 shrinkage: float = 0.0) -> None:
         self.model = model
+        self.shrinkage = float(shrinkage)
         self.pattern_type = pattern_type
         self.types = expand_pattern_type(pattern_type)
         self.strategy = strategy or tf.distribute.get_strategy()
@@ -178,7 +188,30 @@ class PatternComputer:
         patterns = self.patterns()
         if verbose:
             print(_degenerate_summary(patterns))
+            few = {k: n for k, n in self.few_sample_neurons().items() if n}
+            if few:
+                print(f"Neurons with fewer than {FEW_SAMPLES} samples in a regime (noisy "
+                      f"patterns; shrinkage={self.shrinkage:g}): "
+                      + ", ".join(f"'{k}': {n}" for k, n in few.items()))
         return patterns
+
+    def few_sample_neurons(self, fewer_than: int = 0) -> dict[str, int]:
+        """Per layer, the neurons of a gated layer with 0 < n_r < ``fewer_than`` in a regime.
+
+        ``fewer_than`` defaults to :data:`FEW_SAMPLES`.  Neurons with no sample
+        in a regime are degenerate instead (counted with the patterns).
+        """
+        limit = fewer_than or FEW_SAMPLES
+        found = {}
+        for key, op in self._keys.items():
+            stats = self._state.get(key)
+            if stats is None or not stats.regimes or not self._gated[op.name]:
+                found[key] = 0
+                continue
+            pos = np.asarray(stats.sums["count_pos"])
+            neg = stats.count - pos
+            found[key] = int(np.sum(((pos > 0) & (pos < limit)) | ((neg > 0) & (neg < limit))))
+        return found
 
     def _load_checkpoint(self, checkpoint: str | os.PathLike, verbose: int) -> int:
         """Loads an existing checkpoint; returns the samples of the data it has seen."""
@@ -248,7 +281,7 @@ class PatternComputer:
         degenerate = {}
         for key, op in self._keys.items():
             found, degenerate[key] = self._state[key].finalize(
-                op.get_kernel().numpy(), self.types, np.float32)
+                op.get_kernel().numpy(), self.types, np.float32, self.shrinkage)
             if not self._gated[op.name]:  # one regime, every sample: no negative one to count
                 degenerate[key] = {t: n for t, n in degenerate[key].items()
                                    if not t.endswith(".negative")}

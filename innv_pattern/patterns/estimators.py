@@ -207,8 +207,8 @@ class PatternStatistics:
         merged._empty = False
         return merged
 
-    def finalize(self, kernel: np.ndarray, types: Iterable[str], dtype: Any = np.float64
-                 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    def finalize(self, kernel: np.ndarray, types: Iterable[str], dtype: Any = np.float64,
+                 shrinkage: float = 0.0) -> tuple[dict[str, np.ndarray], dict[str, int]]:
         """The patterns (kernel-shaped) and degenerate-neuron counts.
 
         Computed in float64 whatever ``dtype`` the patterns are returned in.
@@ -218,6 +218,12 @@ class PatternStatistics:
             types: Concrete types: ``"linear"``, ``"relu.positive"``,
                 ``"relu.negative"``.
             dtype: dtype of the returned patterns.
+            shrinkage: ``k`` pseudo-samples of the all-sample statistics added
+                to each regime's: ``a_r = (n_r cov_r[x, y] + k cov[x, y]) /
+                w^T (...)``, which moves a neuron with few samples in a regime
+                (``n_r`` not much above ``k``) towards its linear pattern and
+                leaves well-sampled ones as they are.  ``w^T a_r = 1`` still
+                holds.  0 (the default) is the estimator as published.
         """
         w = np.asarray(kernel)
         if w.shape != self.kernel_shape:
@@ -225,9 +231,15 @@ class PatternStatistics:
                              f"kernel shape {self.kernel_shape}.")
         patterns, degenerate = {}, {}
         work = np.empty(self.kernel_shape)
+        if shrinkage < 0:
+            raise ValueError(f"shrinkage must be >= 0 pseudo-samples; received {shrinkage!r}.")
         for kind in types:
             numerator = np.empty(self.kernel_shape)
             count = self._numerator(kind, numerator)
+            if shrinkage and kind != "linear" and self.sums["count"] > 0:
+                self._numerator("linear", work)
+                numerator += work * (shrinkage / self.sums["count"])
+                count = count + shrinkage
             degenerate[kind] = _normalize(numerator, count, w, self.fan_in_axes, work)
             patterns[kind] = numerator.astype(dtype, copy=False)
             del numerator
