@@ -8,10 +8,15 @@
 * :func:`randomization_check`: the cascading model-parameter randomization
   sanity check (Adebayo et al., 2018);
 * :func:`explanation_accuracy`: agreement of an explanation with a signal
-  known by construction (:func:`innv_pattern.datasets.ground_truth_images`).
+  known by construction (:func:`innv_pattern.datasets.ground_truth_images`);
+* :func:`input_invariance` and :func:`shifted_twin`: does an explanation
+  change when the input is shifted and the first layer's bias compensates
+  (Kindermans et al., 2017)?
+* :func:`relevance_flow`: per operation, the share of the relevance it
+  receives that it passes on, and where the rest goes.
 
-Each returns plain data (floats, numpy arrays, dicts) and has a ``plot_*``
-function that draws it with matplotlib (no pyplot state is touched).
+Each returns plain data (floats, numpy arrays, dicts); the first four have a
+``plot_*`` function that draws it with matplotlib (no pyplot state is touched).
 
 Example:
     >>> from innv_pattern.evaluate import ESTIMATORS, METRICS
@@ -20,8 +25,10 @@ Example:
 """
 
 from innv_pattern.evaluate._common import analyze_all
+from innv_pattern.evaluate.flow import relevance_flow
 from innv_pattern.evaluate.groundtruth import (ACCURACY_METRICS, explanation_accuracy,
                                                plot_explanation_accuracy)
+from innv_pattern.evaluate.invariance import input_invariance, shifted_twin
 from innv_pattern.evaluate.perturbation import aopc, perturbation_curve, plot_perturbation_curves
 from innv_pattern.evaluate.quality import ESTIMATORS, plot_signal_quality, signal_quality
 from innv_pattern.evaluate.sanity import METRICS, plot_randomization, randomization_check
@@ -33,11 +40,14 @@ __all__ = [
     "analyze_all",
     "aopc",
     "explanation_accuracy",
+    "input_invariance",
     "perturbation_curve",
     "plot_explanation_accuracy",
     "plot_perturbation_curves",
     "plot_randomization",
     "plot_signal_quality",
     "randomization_check",
+    "relevance_flow",
+    "shifted_twin",
     "signal_quality",
 ]
