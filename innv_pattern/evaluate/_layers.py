@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from innv_pattern.canonize import ActivationOp, CanonicalGraph, KernelOp
+from innv_pattern.patterns.computer import gated_ops
 
 __all__ = ["EvaluatedLayer", "followed_by_relu", "select_layers"]
 
@@ -46,6 +47,7 @@ class EvaluatedLayer:
     neurons: np.ndarray
     rectified: bool
     dim: int
+    gated: bool = True  # a rectifier gates the op: the two-component estimator has two regimes
 
     def kernel_matrix(self) -> tf.Tensor:
         k = tf.reshape(self.op.get_kernel(), [self.dim, -1])
@@ -125,6 +127,7 @@ def select_layers(graph: CanonicalGraph, layers: Sequence[str] | None, max_neuro
         raise ValueError(f"signal_quality supports Dense and Conv1D/2D/3D layers (groups=1); "
                          f"received {bad}. Pass layers=[...] to leave them out.")
     rng = np.random.default_rng(seed)
+    gated = gated_ops(graph)
     result = []
     for op in ops:
         total = int(op.kernel_shape[-1])
@@ -132,5 +135,6 @@ def select_layers(graph: CanonicalGraph, layers: Sequence[str] | None, max_neuro
         if max_neurons is not None and total > max_neurons:
             neurons = np.sort(rng.choice(total, int(max_neurons), replace=False))
         rectified = target == "rectified" and followed_by_relu(graph, op)
-        result.append(EvaluatedLayer(op, neurons, rectified, int(np.prod(op.kernel_shape[:-1]))))
+        result.append(EvaluatedLayer(op, neurons, rectified, int(np.prod(op.kernel_shape[:-1])),
+                                     gated[op.name]))
     return result

@@ -236,8 +236,10 @@ def _estimator_patterns(kind: str, w: np.ndarray, layer: EvaluatedLayer, pattern
     if kind == "linear":
         a = _normalized(_pattern_matrix(patterns, "linear", layer), w)
         return a, a
-    return (_normalized(_pattern_matrix(patterns, "relu.positive", layer), w),
-            _normalized(_pattern_matrix(patterns, "relu.negative", layer), w))
+    positive = _normalized(_pattern_matrix(patterns, "relu.positive", layer), w)
+    if not layer.gated:  # no rectifier after the layer: one regime, every sample
+        return positive, positive
+    return positive, _normalized(_pattern_matrix(patterns, "relu.negative", layer), w)
 
 
 def _normalized(a: np.ndarray, w: np.ndarray) -> np.ndarray:
