@@ -150,9 +150,12 @@ def _add_fit(commands: Any) -> None:
     fit.add_argument("--model", required=True, help="a .keras or .h5 model file")
     fit.add_argument("--data", required=True, help="a .npy/.npz file or a folder of images")
     fit.add_argument("--out", required=True, help="the pattern file to write (.h5)")
-    fit.add_argument("--pattern-type", default="relu", choices=("relu", "linear", "linear+relu"),
-                     help="the signal estimator: 'relu' (two-component S_a+-, the paper's "
-                     "choice), 'linear' (S_a) or both (default relu)")
+    fit.add_argument("--pattern-type", default="relu",
+                     choices=("relu", "relu_eq7", "linear", "linear+relu"),
+                     help="the signal estimator: 'relu' (two-component S_a+- with "
+                     "within-regime statistics, shift-invariant), 'relu_eq7' (the paper's Eq. 7 "
+                     "with the global mean of y), 'linear' (S_a) or linear and relu "
+                     "(default relu)")
     fit.add_argument("--batch-size", type=_positive, default=32, help="default 32")
     fit.add_argument("--steps", type=_positive, help="stop after this many batches")
     fit.add_argument("--strategy", default="default", choices=STRATEGIES,
@@ -347,7 +350,7 @@ def _analyzer(method: str, model: Any, patterns_path: str | None, neuron: int | 
     options: dict[str, Any] = {}
     if patterns_path:
         patterns = _load_patterns(patterns_path, model)
-        kind = "relu" if patterns.has_type("relu") else "linear"
+        kind = next(t for t in ("relu", "relu_eq7", "linear") if patterns.has_type(t))
         options = {"patterns": patterns.for_type(kind), "pattern_type": kind}
     mode = "max_activation" if neuron is None else "index"
     return ip.create_analyzer(method, model, neuron_selection_mode=mode, **options)
