@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from innv_pattern.canonize import canonize
+from innv_pattern.canonize import KernelOp, canonize
 from innv_pattern.patterns.estimators import PATTERN_TYPES
 from innv_pattern.rule_maps import RULE_MAPS, bind, fuse_rectifiers, warn_fallbacks
 
@@ -502,7 +502,9 @@ class PatternNet(_PatternAnalyzer):
     (the default) the back-projected signal is rescaled, per sample, at every
     tensor that all paths from the output to the input pass through (between
     layers and blocks, not inside a residual block) to the root mean square of
-    the forward activation there.  The backward pass is linear in the signal,
+    the forward activation there (after the first kernel layer: the rescaled
+    signal then does not depend on the input's offset, and PatternNet stays
+    input-invariant).  The backward pass is linear in the signal,
     so the result is the paper's signal times one positive number per sample:
     the direction is exact, the scale is that of the activations, and a model
     with one kernel layer (the linear model, the toy example) gives the
@@ -524,8 +526,13 @@ class PatternNet(_PatternAnalyzer):
 
     def _build(self) -> None:
         graph = self._graph
-        self._cuts = (graph.cut_tensors() - set(graph.inputs) - set(graph.outputs)
-                      if self.normalize else frozenset())
+        after_kernel: set[int] = set()  # tensors that some kernel op's output reaches
+        for op in graph.ops:
+            if isinstance(op, KernelOp) or after_kernel.intersection(op.inputs):
+                after_kernel.update(op.outputs)
+        # Not before the first kernel op: the RMS of a padded input moves with its offset.
+        self._cuts = frozenset(after_kernel & graph.cut_tensors() - set(graph.outputs)
+                               if self.normalize else ())
         super()._build()
 
     def _call(self, op: Any, *xs: tf.Tensor) -> list[tf.Tensor]:

@@ -232,29 +232,26 @@ def test_linear_patterns_make_pattern_methods_invariant(trained_digits):
     assert all(e < 1e-3 for e in errors.values()), errors
 
 
-@pytest.mark.xfail(strict=False, reason="the 'relu' estimator is being changed to the "
-                   "within-regime form cov+(x, y) / var+(y), which is shift-invariant; Eq. 7's "
-                   "E+[xy] - E+[x] E[y] is not. Make strict when that lands.")
 def test_relu_patterns_make_pattern_methods_invariant(trained_digits):
     """The default two-component estimator must be input-invariant too (Issue 13's target).
 
-    Within-regime statistics (iNNvestigate 1.x) are; Eq. 7 with the global
-    ``E[y]`` is not, since a shift moves ``E+[y] - E[y]``.
+    Within-regime statistics (iNNvestigate 1.x, ``"relu"``) are; Eq. 7 with the
+    global ``E[y]`` (``"relu_eq7"``) is not, since a shift moves ``E+[y] - E[y]``.
+    PatternNet is checked with its default rescaling, scale included.
     """
     model, data, x = trained_digits
-    errors = input_invariance(model, ["pattern.attribution"], x, SHIFT, fit_data=data,
-                              pattern_type="relu")
-    errors.update(input_invariance(model, ["pattern.net"], x, SHIFT, fit_data=data,
-                                   pattern_type="relu", normalize=False))
+    errors = input_invariance(model, ["pattern.attribution", "pattern.net"], x, SHIFT,
+                              fit_data=data, pattern_type="relu")
     assert all(e < 1e-3 for e in errors.values()), errors
+    eq7 = input_invariance(model, ["pattern.attribution"], x, SHIFT, fit_data=data,
+                           pattern_type="relu_eq7")
+    assert eq7["pattern.attribution"] > 1e-2, eq7
 
 
-@pytest.mark.xfail(strict=False, reason="PatternNet's default rescaling to the forward "
-                   "activation's RMS at cut tensors also rescales at tensors before the first "
-                   "kernel layer (here the twin's constant padding), whose RMS moves with the "
-                   "input's offset: the direction is exact, the per-sample scale is not.")
 def test_pattern_net_default_scale_is_invariant(trained_digits):
-    """PatternNet with its default settings (linear patterns) is invariant, scale included."""
+    """PatternNet with its default rescaling (linear patterns) is invariant, scale included:
+    it rescales only after the first kernel layer, where the twin's activations equal the
+    model's (before it, the padded input's RMS moves with the offset)."""
     model, data, x = trained_digits
     errors = input_invariance(model, ["pattern.net"], x, SHIFT, fit_data=data,
                               pattern_type="linear")
