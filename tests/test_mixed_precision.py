@@ -25,7 +25,7 @@ def _build(dtype, bn_after_add):
     x = keras.layers.ReLU(dtype=dtype)(x)
     x = keras.layers.MaxPooling2D(dtype=dtype)(x)
     y = keras.layers.Conv2D(6, 3, padding="same", activation="relu", dtype=dtype, name="c2")(x)
-    x = keras.layers.Add(dtype=dtype)([x, y])
+    x = keras.layers.Add(dtype=dtype, name="add")([x, y])
     if bn_after_add:  # not foldable: a layer with weights that keeps its precision
         x = keras.layers.BatchNormalization(dtype=dtype, name="bn2")(x)
     x = keras.layers.GlobalAveragePooling2D(dtype=dtype)(x)
@@ -85,7 +85,7 @@ def test_pattern_statistics_match_the_float32_model(policy):
     fit = _data(64)
     p_low = ip.PatternComputer(low).compute(fit, batch_size=16, verbose=0)
     p_ref = ip.PatternComputer(ref).compute(fit, batch_size=16, verbose=0)
-    assert sorted(p_low) == sorted(p_ref) == ["c1", "c2", "d1", "out"]
+    assert sorted(p_low) == sorted(p_ref) == ["add", "c1", "c2", "d1", "out"]
     for key in p_ref:
         want = p_ref[key]
         np.testing.assert_allclose(p_low[key], want, rtol=0, atol=1e-5 * np.abs(want).max(),
