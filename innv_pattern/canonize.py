@@ -50,6 +50,7 @@ from innv_pattern.graph import Graph, Node, fresh_key
 __all__ = [
     "ActivationOp",
     "CanonicalGraph",
+    "Interleave",
     "KernelOp",
     "LayerOp",
     "Op",
@@ -513,7 +514,7 @@ def _merge_ops(node: Node, shapes: dict, dtypes: dict) -> list[Op] | None:
         parts = tf.reshape(x, tf.concat([tf.shape(x)[:-1], [-1, n]], 0))
         return tf.reduce_sum(parts * tf.transpose(k), axis=-1)
 
-    stack = _Interleave(node.name + "/inputs", node.layer, node.inputs, (stacked,),
+    stack = Interleave(node.name + "/inputs", node.layer, node.inputs, (stacked,),
                         kind=kinds.ROUTING, fn=interleave)
     return [stack, KernelOp(node.name, node.layer, (stacked,), node.outputs, linear=linear,
                             get_kernel=lambda: kernel, get_bias=lambda: None,
@@ -521,7 +522,7 @@ def _merge_ops(node: Node, shapes: dict, dtypes: dict) -> list[Op] | None:
 
 
 @dataclasses.dataclass(eq=False)
-class _Interleave(LayerOp):
+class Interleave(LayerOp):
     """The inputs of a merge kernel op, interleaved along the last axis (:func:`_merge_ops`)."""
 
     fn: Callable[..., list[tf.Tensor]] = None

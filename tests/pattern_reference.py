@@ -54,19 +54,22 @@ def transpose1d_patches(x: np.ndarray, k: int, stride: int) -> np.ndarray:
 TYPES = ("linear", "relu.positive", "relu.negative", "relu_eq7.positive", "relu_eq7.negative")
 
 
-def patterns_from_samples(xs: np.ndarray, w: np.ndarray, b: np.ndarray,
-                          gated: bool = True) -> dict[str, np.ndarray]:
+def patterns_from_samples(xs: np.ndarray, w: np.ndarray, b: np.ndarray, gated: bool = True,
+                          regime: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Eq. 3 and both two-component forms for samples ``xs`` (n, F), filters ``w`` (F, N).
 
     ``relu.*``: every statistic within the regime, ``cov_r[x, y] / var_r[y]``
     (iNNvestigate 1.x); ``relu_eq7.*``: Eq. 7 as printed, ``E_r[x y] - E_r[x] E[y]``
     with ``E[y]`` over all samples.  The regime is ``y + b > 0`` when a ReLU
     gates the layer (``gated``), else every sample (the negative regime is
-    then empty).  Returns ``{type: (F, N) pattern}``; a degenerate neuron gets
-    NaN here (the tests check the library's zeros separately).
+    then empty); ``regime``, an ``(n, N)`` boolean mask, overrides both (the
+    sign of the ReLU input that gates the layer through an ``Add``).  Returns
+    ``{type: (F, N) pattern}``; a degenerate neuron gets NaN here (the tests
+    check the library's zeros separately).
     """
     y = xs @ w
     pos = (y + b) > 0 if gated else np.ones(y.shape, bool)
+    pos = pos if regime is None else regime
     result = {}
     for kind, sel in (("linear", np.ones_like(pos)), ("positive", pos), ("negative", ~pos)):
         with np.errstate(invalid="ignore", divide="ignore"):

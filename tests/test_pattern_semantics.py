@@ -98,8 +98,9 @@ def residual_net(seed: int = 0) -> keras.Model:
 
 def test_add_patterns_and_ungated_layers_match_the_float64_reference(digits):
     """An Add is a linear layer with weights (1, 1) per channel: its pattern, within the
-    regime of the ReLU after it, against the reference on explicit (u_c, h_c) samples; the
-    branch's last Dense feeds the Add, not a ReLU, so its one regime is every sample."""
+    regime of the ReLU after it, against the reference on explicit (u_c, h_c) samples.  The
+    branch's last Dense feeds the Add: the ReLU after the Add gates it, so its regime is
+    u + h > 0, not its own sign.  The logits have no gate: one regime, every sample."""
     x, y = digits
     model = trained(residual_net(), x, y)
     fit = x[:1000]
@@ -114,11 +115,19 @@ def test_add_patterns_and_ungated_layers_match_the_float64_reference(digits):
             np.testing.assert_allclose(patterns.for_type(kind)["add"][:, c],
                                        np.nan_to_num(expected[kind][:, 0]), rtol=1e-3,
                                        atol=2e-5, err_msg=f"channel {c} {kind}")
-    branch = reference_patterns(model, model.get_layer("branch"), fit, gated=False)
-    np.testing.assert_allclose(patterns["branch"], branch["linear"], rtol=1e-3,
-                               atol=1e-4 * np.abs(branch["linear"]).max())
-    np.testing.assert_array_equal(patterns.for_type("relu.negative")["branch"], 0.0)
-    assert "branch" not in "".join(k for k, v in patterns.degenerate.items() if any(v.values()))
+    inner = np.asarray(keras.Model(model.input, model.get_layer("inner").output)(fit),
+                       np.float64)
+    w, b = (np.asarray(v, np.float64) for v in model.get_layer("branch").get_weights())
+    branch = patterns_from_samples(inner, w, b, regime=(u + h) > 0)
+    for kind in ("relu.positive", "relu_eq7.positive", "relu.negative"):
+        ok = np.isfinite(branch[kind])
+        err = np.abs(patterns.for_type(kind)["branch"] - branch[kind])[ok].max()
+        assert err < 1e-3 * np.abs(branch[kind][ok]).max(), f"branch {kind}: {err:.1e}"
+    out = reference_patterns(model, model.get_layer("out"), fit, gated=False)
+    np.testing.assert_allclose(patterns["out"], out["linear"], rtol=1e-3,
+                               atol=1e-4 * np.abs(out["linear"]).max())
+    np.testing.assert_array_equal(patterns.for_type("relu.negative")["out"], 0.0)
+    assert "relu.negative" not in patterns.degenerate["out"]
 
 
 def test_pattern_attribution_conserves_relevance_through_a_residual_sum(digits):

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from innv_pattern.canonize import ActivationOp, CanonicalGraph, KernelOp
-from innv_pattern.patterns.computer import gated_ops
+from innv_pattern.patterns.computer import regime_sources
 
 __all__ = ["EvaluatedLayer", "followed_by_relu", "select_layers"]
 
@@ -47,7 +47,9 @@ class EvaluatedLayer:
     neurons: np.ndarray
     rectified: bool
     dim: int
-    gated: bool = True  # a rectifier gates the op: the two-component estimator has two regimes
+    # A rectifier gates the op's own output: the two-component estimator's regimes are the
+    # sign of y + b, as samples() splits them (an op gated through an Add has other regimes).
+    gated: bool = True
 
     def kernel_matrix(self) -> tf.Tensor:
         k = tf.reshape(self.op.get_kernel(), [self.dim, -1])
@@ -127,7 +129,7 @@ def select_layers(graph: CanonicalGraph, layers: Sequence[str] | None, max_neuro
         raise ValueError(f"signal_quality supports Dense and Conv1D/2D/3D layers (groups=1); "
                          f"received {bad}. Pass layers=[...] to leave them out.")
     rng = np.random.default_rng(seed)
-    gated = gated_ops(graph)
+    sources = regime_sources(graph)
     result = []
     for op in ops:
         total = int(op.kernel_shape[-1])
@@ -136,5 +138,5 @@ def select_layers(graph: CanonicalGraph, layers: Sequence[str] | None, max_neuro
             neurons = np.sort(rng.choice(total, int(max_neurons), replace=False))
         rectified = target == "rectified" and followed_by_relu(graph, op)
         result.append(EvaluatedLayer(op, neurons, rectified, int(np.prod(op.kernel_shape[:-1])),
-                                     gated[op.name]))
+                                     sources[op.name] == op.outputs[0]))
     return result

@@ -24,13 +24,14 @@ import numpy as np
 import tensorflow as tf
 
 from innv_pattern import kinds
-from innv_pattern.canonize import ActivationOp, CanonicalGraph, KernelOp, LayerOp, Op, canonize
+from innv_pattern.canonize import (ActivationOp, CanonicalGraph, Interleave, KernelOp, LayerOp,
+                                   Op, canonize)
 from innv_pattern.patterns.estimators import PatternStatistics, expand_pattern_type
 from innv_pattern.patterns.io import Fingerprint, Patterns
 from innv_pattern.patterns.layout import layout_of
 from innv_pattern.patterns.fitter import Fitter
 
-__all__ = ["FEW_SAMPLES", "PatternComputer"]
+__all__ = ["FEW_SAMPLES", "PatternComputer", "regime_sources"]
 
 #: Samples in a regime below which a neuron's two-component pattern is reported as noisy.
 FEW_SAMPLES = 30
@@ -83,7 +84,8 @@ class PatternComputer:
             self._keys.setdefault(op.pattern_key, op)  # a shared layer's calls share one
         _check_static_shapes(self._ops, self._graph)
         self._regimes = any(t.startswith("relu") for t in self.types)
-        self._gated = gated_ops(self._graph)
+        self._regime_sources = regime_sources(self._graph)
+        self._gated = {name: key is not None for name, key in self._regime_sources.items()}
         self._state: dict[str, PatternStatistics] = {}
         self._samples = 0
         self._fitter: Fitter | None = None
@@ -372,16 +374,19 @@ class PatternComputer:
             _generator_dataset(iterator))), None
 
 
-def gated_ops(graph: CanonicalGraph) -> dict[str, bool]:
-    """Per kernel op: whether a rectifier gates its output (the two-component regimes).
+def regime_sources(graph: CanonicalGraph) -> dict[str, int | None]:
+    """Per kernel op: the tensor whose sign is its two-component regime, or ``None``.
 
     The regimes of the two-component estimator are those of the ReLU that
-    follows a neuron.  An op is gated when every reader of its output is a
-    rectifier, reached through ops that keep the sign (single-input routing
-    and max pooling).  An op that feeds an ``Add``, another kernel op (the
-    depthwise half of a separable convolution) or the model's output has no
-    gate: its one regime is every sample, so its ``relu.*`` positive pattern
-    is the linear one.
+    gates a neuron.  When every reader of an op's output is a rectifier,
+    reached through ops that keep the sign (single-input routing and max
+    pooling), the regime is the sign of the op's own output.  When the output
+    only feeds an ``Add`` (a merge kernel op, see ``canonize``) whose output a
+    rectifier gates in turn, that rectifier gates the op's contribution too:
+    the regime is the sign of the merge's output, element by element.  An op
+    with no gate (the logits, a separable convolution's depthwise half, a
+    layer read by anything else) has one regime, every sample (``None``), so
+    its ``relu.*`` positive pattern is the linear one.
 
     Example:
         >>> import keras
@@ -389,8 +394,10 @@ def gated_ops(graph: CanonicalGraph) -> dict[str, bool]:
         >>> inp = keras.Input((3,))
         >>> hidden = keras.layers.Dense(4, activation="relu", name="h")(inp)
         >>> out = keras.layers.Dense(2, name="o")(hidden)
-        >>> gated_ops(canonize(keras.Model(inp, out)))
-        {'h': True, 'o': False}
+        >>> graph = canonize(keras.Model(inp, out))
+        >>> sources = regime_sources(graph)
+        >>> sources["h"] == graph.ops[0].outputs[0], sources["o"]
+        (True, None)
     """
     readers: dict[int, list[Op]] = {}
     for op in graph.ops:
@@ -404,7 +411,17 @@ def gated_ops(graph: CanonicalGraph) -> dict[str, bool]:
             or (isinstance(r, LayerOp) and r.kind in (kinds.ROUTING, kinds.MAX)
                 and len(r.inputs) == 1 and gated(r.outputs[0])) for r in found)
 
-    return {op.name: gated(op.outputs[0]) for op in graph.kernel_ops}
+    def source(key: int) -> int | None:
+        if gated(key):
+            return key
+        found = readers.get(key, [])
+        merge = found[0] if len(found) == 1 and isinstance(found[0], Interleave) else None
+        if merge is None or key in graph.outputs:
+            return None
+        adds = readers.get(merge.outputs[0], [])  # the merge kernel op reading the interleave
+        return source(adds[0].outputs[0]) if len(adds) == 1 else None
+
+    return {op.name: source(op.outputs[0]) for op in graph.kernel_ops}
 
 
 def _check_static_shapes(ops: list[KernelOp], graph: Any) -> None:

@@ -193,7 +193,13 @@ class Fitter:
 
     def _forward(self, xs: list[tf.Tensor]) -> list[tuple[KernelOp, tf.Tensor, tf.Tensor,
                                                           tf.Tensor, tf.Tensor]]:
-        """The forward pass; ``(op, input, linear output, output, kernel)`` of each kernel op."""
+        """The forward pass; ``(op, input, linear output, regime, kernel)`` of each kernel op.
+
+        The regime is the positive sign of the op's regime source
+        (:func:`~innv_pattern.patterns.computer.regime_sources`): its own
+        output, the output of the ``Add`` it feeds, or ones where no
+        rectifier gates it.
+        """
         found = []
 
         def call(op: Any, *args: tf.Tensor) -> list[tf.Tensor]:
@@ -205,13 +211,14 @@ class Fitter:
             found.append((op, args[0], y, out, kernel))
             return [out]
 
-        self.c._graph.run(xs, call=call)
-        return found
+        _, values = self.c._graph.run(xs, call=call, keep=True)
+        sources = self.c._regime_sources
+        return [(op, x, y, tf.ones_like(out) if sources[op.name] is None
+                 else values[sources[op.name]], kernel) for op, x, y, out, kernel in found]
 
-    def _batch_sums(self, op: KernelOp, x: tf.Tensor, y: tf.Tensor, out: tf.Tensor,
+    def _batch_sums(self, op: KernelOp, x: tf.Tensor, y: tf.Tensor, regime: tf.Tensor,
                     kernel: tf.Tensor) -> dict[str, tf.Tensor]:
-        """The sums of one op; an op without a gate has one regime, every sample."""
-        regime = out if self.c._gated[op.name] else tf.ones_like(out)
+        """The sums of one op; its regime is ``regime > 0`` (see :meth:`_forward`)."""
         return batch_sums(op, self.c._layouts[op.name], x, y, regime, self.means[op.name],
                           self.y_shifts[op.name], self.c._regimes, kernel)
 
