@@ -1,8 +1,7 @@
 """Pattern statistics of one kernel op in TensorFlow, without patches.
 
 Every sum over samples (batch entries times output positions) of
-``patch(x) * g`` is one kernel gradient: ``d/dK sum(linear(x, K) * g)`` (for a
-1x1 convolution a matrix product, :func:`kernel_grads`).  The
+``patch(x) * g`` is one kernel gradient: ``d/dK sum(linear(x, K) * g)``.  The
 statistics of :class:`~innv_pattern.patterns.estimators.PatternStatistics`
 need three such sums per batch (``g`` = the positive-regime mask, and ``y``
 in each regime); that is all the per-batch work besides the forward pass and
@@ -36,17 +35,13 @@ Example:
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from innv_pattern.canonize import KernelOp
 from innv_pattern.patterns.layout import KernelLayout
 
-__all__ = ["batch_sums", "channel_sums", "finish", "kernel_grads", "pointwise_strides"]
-
-_CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
-_SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+__all__ = ["batch_sums", "channel_sums", "finish", "kernel_grads"]
 
 #: The per-neuron sum of each output gradient ``g``: sum of ``g`` over samples.
 _NEURON_SUM = {"sum_xy": "sum_y", "sum_x_pos": "count_pos", "sum_xy_pos": "sum_y_pos",
@@ -59,24 +54,13 @@ def kernel_grads(op: KernelOp, x: tf.Tensor, kernel: tf.Tensor,
     """``[d/dK sum(linear(x, K) * g) for g in gs]``: sums over positions of ``patch(x) * g``.
 
     ``kernel`` gives the gradients' shape (it may have fewer output channels
-    than ``op``'s kernel, like ``g``); its values do not matter.  A 1x1
-    convolution takes :func:`_pointwise_grads`, every other op
-    :func:`_tape_grads`.
-    """
-    strides = pointwise_strides(op)
-    if strides is not None:
-        return _pointwise_grads(x, kernel, gs, strides, op.channel_axis != -1)
-    return _tape_grads(op, x, kernel, gs)
-
-
-def _tape_grads(op: KernelOp, x: tf.Tensor, kernel: tf.Tensor,
-                gs: list[tf.Tensor]) -> list[tf.Tensor]:
-    """:func:`kernel_grads` by differentiating ``op.linear``, for any kernel op.
-
-    Only the kernel gradients run: in a ``tf.function`` the forward ``linear``
-    each tape records is unused and pruned.  (Stacking the ``g`` along the
-    channel axis to share one gradient was measured slower on CPU: 3.0 to 4.7
-    times one gradient instead of 3.0, plus the copies to split it.)
+    than ``op``'s kernel, like ``g``); its values do not matter.  Only the
+    kernel gradients run: in a ``tf.function`` the forward ``linear`` each
+    tape records is unused and pruned.  A 1x1 convolution's ``linear`` is a
+    matrix product (:mod:`innv_pattern.canonize`), so its gradient is one too.
+    (Stacking the ``g`` along the channel axis to share one gradient was
+    measured slower on CPU: 3.0 to 4.7 times one gradient instead of 3.0,
+    plus the copies to split it.)
     """
     grads = []
     for g in gs:
@@ -85,55 +69,6 @@ def _tape_grads(op: KernelOp, x: tf.Tensor, kernel: tf.Tensor,
             out = op.linear(x, kernel)
         grads.append(tape.gradient(out, kernel, output_gradients=g))
     return grads
-
-
-def pointwise_strides(op: KernelOp) -> tuple[int, ...] | None:
-    """The strides of ``op`` if it is an ungrouped 1x1 convolution, else ``None``.
-
-    That is a Conv1D/2D/3D with kernel size 1 (any padding, stride and
-    dilation) or a separable convolution's pointwise half (stride 1).  Its
-    output position ``i`` reads ``x`` at ``i * s`` alone: with a 1x1 kernel
-    'same' pads nothing and 'causal' pads 0 entries, as 'valid'.
-
-    Example:
-        >>> import keras
-        >>> from innv_pattern.canonize import canonize
-        >>> inp = keras.Input((6, 6, 3))
-        >>> model = keras.Model(inp, keras.layers.Conv2D(4, 1, strides=2)(inp))
-        >>> pointwise_strides(canonize(model).kernel_ops[0])
-        (2, 2)
-    """
-    spatial = len(op.kernel_shape) - 2
-    if isinstance(op.layer, _SEPARABLE) and op.name.endswith("/pointwise"):  # its 1x1 half
-        return (1,) * spatial
-    if (isinstance(op.layer, _CONV) and op.layer.groups == 1
-            and all(int(d) == 1 for d in op.kernel_shape[:spatial])):
-        return tuple(int(s) for s in op.layer.strides)
-    return None
-
-
-def _pointwise_grads(x: tf.Tensor, kernel: tf.Tensor, gs: list[tf.Tensor],
-                     strides: tuple[int, ...], channels_first: bool) -> list[tf.Tensor]:
-    """Kernel gradients of a 1x1 convolution: ``x`` at the strided positions, times ``g``.
-
-    The convolution is a matrix product over (batch entry, position) samples,
-    so each gradient is ``x_strided^T g``: no convolution backprop op, whose
-    oneDNN kernel crashes the process for strided 1x1 kernels (TensorFlow
-    2.21, float32, e.g. input 4x60x60x8, kernel 1x1x8x16, stride 2).
-    """
-    channels, outputs = int(kernel.shape[-2]), int(kernel.shape[-1])
-    first = 2 if channels_first else 1
-    for axis, stride in enumerate(strides, start=first):
-        if stride != 1:  # a gather: TensorFlow's strided slice is ~10x slower here
-            x = tf.gather(x, tf.range(0, tf.shape(x)[axis], stride), axis=axis)
-    if channels_first:  # (batch, channels, positions): one product per batch entry, summed
-        x = tf.reshape(x, [tf.shape(x)[0], channels, -1])
-        products = [tf.reduce_sum(tf.matmul(x, tf.reshape(g, [tf.shape(g)[0], outputs, -1]),
-                                            transpose_b=True), axis=0) for g in gs]
-    else:
-        x = tf.reshape(x, [-1, channels])
-        products = [tf.matmul(x, tf.reshape(g, [-1, outputs]), transpose_a=True) for g in gs]
-    return [tf.reshape(p, kernel.shape) for p in products]
 
 
 def channel_sums(t: tf.Tensor, channel_axis: int) -> tf.Tensor:
