@@ -66,7 +66,7 @@ def fake_patterns(model: keras.Model) -> dict:
     rng = np.random.default_rng(0)
     return {op.name: (rng.normal(size=op.kernel_shape) * float(np.std(op.get_kernel().numpy()))
                       ).astype("float32")
-            for op in canonize(model).kernel_ops}
+            for op in canonize(model, merge_kernels=True).kernel_ops}
 
 
 MODELS = {
