@@ -34,6 +34,10 @@ exception) the crash is recorded and the step is repeated with
     python benchmarks/trained_networks.py                 # everything (< 15 min, 2 cores)
     python benchmarks/trained_networks.py --quick         # 2 nets, fewer epochs and images
     python benchmarks/trained_networks.py --nets plain residual_bn --estimators relu linear
+    python benchmarks/trained_networks.py --replot       # table, JSON, figure of the last run
+
+Networks are trained and measured ``--jobs`` at a time (default 2, each subprocess
+with cores/jobs threads).
 
 Writes ``benchmarks/results/trained_networks.json`` and ``.png``
 (``trained_networks_quick.*`` with ``--quick``, ``trained_networks_subset.*``
@@ -54,6 +58,7 @@ import tempfile
 import time
 import traceback
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +74,11 @@ DATA_VERSION = "d1"          # bump when the data or a builder changes (cache ke
 NETS = ("plain", "plain_bn", "residual", "residual_bn", "xception", "densenet",
         "resnet50", "mobilenetv2")
 QUICK_NETS = ("plain", "residual_bn")
-EPOCHS = {"plain": 5, "plain_bn": 4, "residual": 4, "residual_bn": 4, "xception": 6,
-          "densenet": 4, "resnet50": 3, "mobilenetv2": 4}
+EPOCHS = {"plain": 4, "plain_bn": 3, "residual": 4, "residual_bn": 3, "xception": 5,
+          "densenet": 3, "resnet50": 3, "mobilenetv2": 3}
+#: Rough relative cost (training seconds per epoch; measurement) to balance parallel jobs.
+COST = {"plain": (5, 45), "plain_bn": (8, 50), "residual": (15, 140), "residual_bn": (28, 150),
+        "xception": (8, 60), "densenet": (37, 140), "resnet50": (62, 320), "mobilenetv2": (20, 120)}
 QUICK_EPOCHS = 2
 SHIFT = np.array([-0.5, -0.3, -0.7], np.float32)   # the input shift m of the invariance test
 PATCH, STEPS, BORDER = 4, 20, 4
@@ -470,12 +478,32 @@ def border_share(analysis: np.ndarray) -> float:
     return float((total - inner) / total) if total > 0 else float("nan")
 
 
-def degradation(model: Any, score: Any, x: np.ndarray) -> dict:
-    from innv_pattern.evaluate.perturbation import perturbation_curve
+def degradation(model: Any, scores: dict[str, Any], x: np.ndarray) -> dict[str, dict]:
+    """Degradation curve and AOPC per ranking (``"random"`` for the random order).
 
-    res = perturbation_curve(model, score, x, patch_size=PATCH, steps=STEPS, output="logit",
-                             batch_size=100)
-    return {"aopc": float(res["aopc"]), "curve": [float(v) for v in res["curve"]]}
+    All rankings go through one ``perturbation_curve`` call (the images repeated
+    once per ranking; each image's curve is independent of the others), so the
+    forward pass is compiled once instead of once per analyzer.
+    """
+    from innv_pattern.evaluate.perturbation import aopc, perturbation_curve
+
+    def curves(score: Any, xs: np.ndarray) -> np.ndarray:
+        return perturbation_curve(model, score, xs, patch_size=PATCH, steps=STEPS,
+                                  output="logit", batch_size=200)["per_sample"]
+
+    out = {}
+    ranked = [k for k in scores if not isinstance(scores[k], str)]
+    if ranked:
+        per_sample = curves(np.concatenate([scores[k] for k in ranked]),
+                            np.tile(x, (len(ranked), 1, 1, 1)))
+        for i, k in enumerate(ranked):
+            part = per_sample[i * len(x):(i + 1) * len(x)]
+            out[k] = {"aopc": aopc(part), "curve": [float(v) for v in part.mean(0)]}
+    for k in scores:
+        if isinstance(scores[k], str):
+            part = curves(scores[k], x)
+            out[k] = {"aopc": aopc(part), "curve": [float(v) for v in part.mean(0)]}
+    return out
 
 
 def fit_patterns(model: Any, estimators: list[str], x: np.ndarray) -> tuple[Any, dict]:
@@ -539,7 +567,8 @@ def relevance_bookkeeping(analyzer: Any, x: np.ndarray) -> dict:
                        "in": s_in, "out": s_out})
     kernel = [l["share"] for l in layers if l["kind"] == "kernel" and np.isfinite(l["share"])]
     relu = [l["share"] for l in layers if l["kind"] == "relu" and np.isfinite(l["share"])]
-    return {"images": len(x), "total_over_logit": float(r_in.sum() / logit.sum()),
+    return {"images": len(x), "input_sum": float(r_in.sum()), "logit_sum": float(logit.sum()),
+            "total_over_logit": float(r_in.sum() / logit.sum()),
             "start_over_logit": start_total / float(logit.sum()),
             "total_over_logit_per_image": {
                 "median": float(np.median(per_image)), "min": float(per_image.min()),
@@ -619,8 +648,8 @@ def measure(name: str, cfg: argparse.Namespace) -> dict:
 
     t0 = time.perf_counter()
     max_x = float(np.abs(x_eval).max())
-    metrics: dict[str, Any] = {"random": degradation(model, "random", x_eval)}
-    metrics["random"]["border_share"] = UNIFORM_BORDER
+    metrics: dict[str, Any] = {"random": {"border_share": UNIFORM_BORDER}}
+    scores: dict[str, Any] = {"random": "random"}
     for label, run in runs.items():
         entry: dict[str, Any] = {k: run[k] for k in ("error", "warnings", "seconds") if k in run}
         if "analysis" in run:
@@ -631,8 +660,10 @@ def measure(name: str, cfg: argparse.Namespace) -> dict:
             entry["max_ratio"] = entry["max_abs"] / max_x
             entry["border_share"] = border_share(a)
             if entry["finite"]:
-                entry.update(degradation(model, ranking(label, a), x_eval))
+                scores[label] = ranking(label, a)
         metrics[label] = entry
+    for label, curve in degradation(model, scores, x_eval).items():
+        metrics[label].update(curve)
     result["analyzers"] = metrics
     result["seconds"]["degradation"] = round(time.perf_counter() - t0, 1)
     log(f"{name}: degradation done in {result['seconds']['degradation']} s")
@@ -657,7 +688,7 @@ def measure(name: str, cfg: argparse.Namespace) -> dict:
         try:
             book[est] = relevance_bookkeeping(run["analyzer"], x_eval[:cfg.n_book])
             final = run["analysis"][:cfg.n_book].reshape(cfg.n_book, -1).sum(1)
-            book[est]["analysis_sum"] = float(final.sum())
+            book[est]["analysis_sum"] = float(final.sum())   # equals input_sum if the tape is right
         except Exception as exc:
             book[est] = {"error": _short(exc), "traceback": traceback.format_exc()[-2000:]}
     result["bookkeeping"] = book
@@ -685,6 +716,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="pattern types to fit (unknown ones are reported and skipped)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true", help="retrain even if cached")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="networks trained and measured in parallel subprocesses (each with "
+                        "cores/jobs threads)")
+    p.add_argument("--replot", action="store_true",
+                   help="redraw the table, JSON and figure of the last run (no computation)")
     p.add_argument("--worker", choices=("train", "measure"), help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -699,12 +735,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def forwarded(args: argparse.Namespace) -> list[str]:
     out = ["--seed", str(args.seed), "--estimators", *args.estimators]
+    out += ["--jobs", str(args.jobs)]
     return out + (["--quick"] if args.quick else []) + (["--no-cache"] if args.no_cache else [])
 
 
 def run_worker(kind: str, nets: list[str], args: argparse.Namespace, out: str | None,
                onednn: bool) -> int:
     env = dict(os.environ)
+    env["INNV_TN_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(1, args.jobs)))
     if not onednn:
         env["TF_ENABLE_ONEDNN_OPTS"] = "0"
     cmd = [sys.executable, __file__, *forwarded(args), "--worker", kind, "--nets", *nets]
@@ -719,6 +757,12 @@ def run_worker(kind: str, nets: list[str], args: argparse.Namespace, out: str | 
 
 
 def worker(args: argparse.Namespace) -> None:
+    import tensorflow as tf
+
+    threads = int(os.environ.get("INNV_TN_THREADS", "0"))
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
     if args.worker == "train":
         data = digits32(args.seed)
         for name in args.nets:
@@ -727,8 +771,20 @@ def worker(args: argparse.Namespace) -> None:
                 f"train acc {info['train_acc']:.3f}, val acc {info['val_acc']:.3f}")
         return
     result = measure(args.nets[0], args)
+    result["cpu_seconds"] = round(time.process_time(), 1)
     with open(args.out, "wb") as f:
         pickle.dump(result, f)
+
+
+def balanced(nets: list[str], jobs: int, cost: Any) -> list[list[str]]:
+    """``nets`` in ``jobs`` groups of similar total cost (longest first)."""
+    groups: list[list[str]] = [[] for _ in range(max(1, jobs))]
+    totals = [0.0] * len(groups)
+    for name in sorted(nets, key=cost, reverse=True):
+        i = int(np.argmin(totals))
+        groups[i].append(name)
+        totals[i] += cost(name)
+    return [g for g in groups if g]
 
 
 def library_state() -> dict:
@@ -746,6 +802,16 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+    tag = "_quick" if args.quick else ("" if list(args.nets) == list(NETS) else "_subset")
+    last = CACHE / f"last_run{tag}.pkl"
+    if args.replot:
+        with open(last, "rb") as f:
+            saved = pickle.load(f)
+        for r in saved["results"].values():
+            print_table(r)
+        print_targets(saved["results"], default_estimator(args))
+        write_outputs(saved["results"], args, *saved["rest"], tag)
+        return
     start = time.perf_counter()
     load_start = os.getloadavg()
     state = library_state()
@@ -754,30 +820,48 @@ def main() -> None:
         n, args.seed, net_epochs(n, args)).with_suffix(".json").exists()]
     t0 = time.perf_counter()
     if need:
-        log(f"training {need} (subprocess)")
-    rc = run_worker("train", list(args.nets), args, None, onednn=True)
-    if rc < 0:
-        log(f"training process died (signal {-rc}); repeating with TF_ENABLE_ONEDNN_OPTS=0")
-        seconds["train_crash_signal"] = -rc
-        rc = run_worker("train", list(args.nets), args, None, onednn=False)
-    if rc != 0:
-        raise SystemExit(f"training failed (exit status {rc})")
+        groups = balanced(need, args.jobs, lambda n: COST[n][0] * net_epochs(n, args))
+        log(f"training {groups} ({len(groups)} subprocess(es) in parallel)")
+        with ThreadPoolExecutor(len(groups)) as pool:
+            codes = list(pool.map(lambda g: train_group(g, args, seconds), groups))
+        if any(codes):
+            raise SystemExit(f"training failed (exit statuses {codes})")
     seconds["train"] = round(time.perf_counter() - t0, 1)
     cpu = {"train": round(_child_cpu(), 1)}
-    results = {}
-    for name in args.nets:
-        t0 = time.perf_counter()
-        results[name] = measure_in_subprocess(name, args)
-        seconds[name] = round(time.perf_counter() - t0, 1)
-        cpu[name] = round(_child_cpu() - sum(cpu.values()), 1)
-        print_table(results[name])
+    order = sorted(args.nets, key=lambda n: COST[n][1], reverse=True)
+
+    def one(name: str) -> dict:
+        t = time.perf_counter()
+        result = measure_in_subprocess(name, args)
+        seconds[name] = round(time.perf_counter() - t, 1)
+        return result
+
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        done = dict(zip(order, pool.map(one, order)))
+    results = {name: done[name] for name in args.nets}
+    for r in results.values():
+        print_table(r)
+    print_targets(results, default_estimator(args))
     seconds["total"] = round(time.perf_counter() - start, 1)
+    cpu["measure"] = {n: r.get("cpu_seconds") for n, r in results.items()}
     cpu["total"] = round(_child_cpu(), 1)
     seconds["cpu_seconds_of_subprocesses"] = cpu
-    tag = "_quick" if args.quick else ("" if list(args.nets) == list(NETS) else "_subset")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(last, "wb") as f:
+        pickle.dump({"results": results, "rest": (state, seconds, load_start)}, f)
     write_outputs(results, args, state, seconds, load_start, tag)
     log(f"total {seconds['total']} s wall, {cpu['total']} s CPU (user+sys of the "
         f"subprocesses); load average at the start {load_start}, now {os.getloadavg()}")
+
+
+def train_group(nets: list[str], args: argparse.Namespace, seconds: dict) -> int:
+    """Trains ``nets`` in one subprocess; repeats with oneDNN off if it dies by a signal."""
+    rc = run_worker("train", nets, args, None, onednn=True)
+    if rc < 0:
+        log(f"training process {nets} died (signal {-rc}); repeating with TF_ENABLE_ONEDNN_OPTS=0")
+        seconds.setdefault("train_crash_signals", []).append([nets, -rc])
+        rc = run_worker("train", nets, args, None, onednn=False)
+    return rc
 
 
 def _child_cpu() -> float:
@@ -811,6 +895,54 @@ def measure_in_subprocess(name: str, args: argparse.Namespace) -> dict:
 
 def _fmt(v: Any, spec: str = ".3g") -> str:
     return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, spec)
+
+
+def targets(r: dict, est: str = "relu") -> dict:
+    """Issue 13's targets for one net, with the estimator ``est`` (the library's default)."""
+    a = r.get("analyzers", {})
+    pa, pn = a.get(f"pattern.attribution[{est}]", {}), a.get(f"pattern.net[{est}] (abs)", {})
+    rnd, lrp = a.get("random", {}).get("aopc"), a.get("lrp.epsilon", {}).get("aopc")
+    inv = r.get("invariance", {}).get("relative_error", {})
+    inv_pa = inv.get(f"pattern.attribution[{est}]", {}).get("relative_error")
+    inv_pn = inv.get(f"pattern.net[{est}] (abs)", {}).get("relative_error")
+
+    def ratio(x: Any, y: Any) -> Any:
+        return None if x is None or not y else x / y
+
+    t = {"estimator": est, "pa_over_random": ratio(pa.get("aopc"), rnd),
+         "pa_over_lrp": ratio(pa.get("aopc"), lrp), "pn_finite": pn.get("finite"),
+         "pn_max_ratio": pn.get("max_ratio"), "pn_over_random": ratio(pn.get("aopc"), rnd),
+         "invariance_pa": inv_pa, "invariance_pn": inv_pn,
+         "process_crashes": len(r.get("process_crashes", []))}
+    checks = [(t["pa_over_random"] or 0) >= 1.3, (t["pa_over_lrp"] or 0) >= 0.9,
+              bool(t["pn_finite"]) and (t["pn_max_ratio"] or np.inf) <= 1e6,
+              (t["pn_over_random"] or 0) > 1.0, (inv_pa if inv_pa is not None else 1) < 1e-3,
+              (inv_pn if inv_pn is not None else 1) < 1e-3, t["process_crashes"] == 0]
+    t["met"] = dict(zip(("pa_1.3x_random", "pa_within_10pct_of_lrp", "pn_finite_below_1e6",
+                         "pn_above_random", "pa_invariant", "pn_invariant", "no_crash"), checks))
+    return t
+
+
+def print_targets(results: dict, est: str) -> None:
+    print(f"\nIssue 13 targets, estimator '{est}' (* = not met): PA/random >= 1.3, "
+          f"PA/LRP-eps >= 0.9, PN max|s|/max|x| <= 1e6, PN/random > 1, invariance < 1e-3")
+    print(f"   {'net':12s} {'PA/rand':>8s} {'PA/LRP':>8s} {'PN ratio':>9s} {'PN/rand':>8s} "
+          f"{'inv PA':>9s} {'inv PN':>9s} {'crashes':>7s}")
+    for name, r in results.items():
+        t = targets(r, est)
+        m = t["met"]
+        flag = lambda ok: " " if ok else "*"  # noqa: E731
+        print(f"   {name:12s} {_fmt(t['pa_over_random'], '7.2f')}{flag(m['pa_1.3x_random'])} "
+              f"{_fmt(t['pa_over_lrp'], '7.2f')}{flag(m['pa_within_10pct_of_lrp'])} "
+              f"{_fmt(t['pn_max_ratio'], '8.1e')}{flag(m['pn_finite_below_1e6'])} "
+              f"{_fmt(t['pn_over_random'], '7.2f')}{flag(m['pn_above_random'])} "
+              f"{_fmt(t['invariance_pa'], '8.1e')}{flag(m['pa_invariant'])} "
+              f"{_fmt(t['invariance_pn'], '8.1e')}{flag(m['pn_invariant'])} "
+              f"{t['process_crashes']:7d}{flag(m['no_crash'])}")
+
+
+def default_estimator(args: argparse.Namespace) -> str:
+    return "relu" if "relu" in args.estimators else args.estimators[0]
 
 
 def print_table(r: dict) -> None:
@@ -873,11 +1005,13 @@ def write_outputs(results: dict, args: argparse.Namespace, state: dict, seconds:
     clean = {}
     for name, r in results.items():
         r = {k: v for k, v in r.items() if k != "example"}
+        if "analyzers" in r:
+            r["targets"] = targets(r, default_estimator(args))
         clean[name] = r
     doc = {
         "issue": 13,
         "config": {"nets": list(args.nets), "quick": args.quick, "seed": args.seed,
-                   "estimators": args.estimators, "epochs": {n: net_epochs(n, args) for n in args.nets},
+                   "estimators": args.estimators, "jobs": args.jobs, "epochs": {n: net_epochs(n, args) for n in args.nets},
                    "fit_images": args.n_fit, "eval_images": args.n_eval,
                    "bookkeeping_images": args.n_book, "invariance_images": args.n_inv, "patch": PATCH, "steps": STEPS,
                    "degradation_output": "logit", "border_pixels": BORDER,
@@ -956,6 +1090,7 @@ def figure(results: dict, path: Path) -> None:
         ax.set_title(f"{name} (val acc {r['train']['val_acc']:.2f})\nAOPC: {summary}",
                      fontsize=8, loc="left")
         ax.tick_params(labelsize=7)
+        ax.set_xticks(range(0, STEPS + 1, 5))
         ax.set_ylabel("selected logit", fontsize=7.5)
         ax.set_xlabel(f"{PATCH}x{PATCH} patches replaced by their mean (most relevant first)",
                       fontsize=7)
