@@ -28,9 +28,9 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 from innv_pattern import kinds
 from innv_pattern.canonize import ActivationOp, CanonicalGraph, KernelOp, LayerOp, Op
-from innv_pattern.rules import (DeconvReLURule, DiagonalPatternRule, GradientRule, GuidedReLURule, IdentityRule,
-                                LinearizedRule, PassRule, PatternRule, RectifiedZRule, Rule,
-                                ZRule)
+from innv_pattern.rules import (DeconvReLURule, DiagonalPatternRule, GradientRule,
+                                GuidedReLURule, IdentityRule, LinearizedRule, PassRule,
+                                PatternRule, RectifiedZRule, Rule, ZRule)
 
 __all__ = ["RULE_MAPS", "Entry", "FallbackWarning", "RuleMap", "UnsupportedLayerError",
            "bind", "describe", "fallbacks", "fuse_rectifiers", "warn_fallbacks"]

@@ -52,8 +52,10 @@ class PatternComputer:
     Args:
         model: A functional or Sequential Keras 3 model.
         pattern_type: ``"relu"`` (both regimes of the two-component
-            estimator; ``relu.positive`` is the primary pattern), ``"linear"``,
-            or a tuple such as ``("linear", "relu")``.
+            estimator with within-regime statistics; ``relu.positive`` is the
+            primary pattern), ``"relu_eq7"`` (the same with Eq. 7's global mean
+            of ``y``), ``"linear"``, or a tuple such as ``("linear", "relu")``:
+            one pass fits them all.
         shrinkage: Pseudo-samples of the all-sample statistics added to
             each regime's (:meth:`PatternStatistics.finalize`): 0, the
             default, is the published estimator; a few (say 10) tame neurons
