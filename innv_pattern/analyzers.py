@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 import threading
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Mapping
 
 import keras
 import numpy as np
