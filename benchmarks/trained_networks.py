@@ -76,9 +76,10 @@ NETS = ("plain", "plain_bn", "residual", "residual_bn", "xception", "densenet",
 QUICK_NETS = ("plain", "residual_bn")
 EPOCHS = {"plain": 4, "plain_bn": 3, "residual": 4, "residual_bn": 3, "xception": 5,
           "densenet": 3, "resnet50": 3, "mobilenetv2": 3}
-#: Rough relative cost (training seconds per epoch; measurement) to balance parallel jobs.
-COST = {"plain": (5, 45), "plain_bn": (8, 50), "residual": (15, 140), "residual_bn": (28, 150),
-        "xception": (8, 60), "densenet": (37, 140), "resnet50": (62, 320), "mobilenetv2": (20, 120)}
+#: CPU seconds on one thread (one training epoch; the measurement), to balance parallel jobs.
+COST = {"plain": (4, 42), "plain_bn": (5, 44), "residual": (11, 120), "residual_bn": (13, 138),
+        "xception": (3.4, 50), "densenet": (20, 126), "resnet50": (37, 296),
+        "mobilenetv2": (8, 108)}
 QUICK_EPOCHS = 2
 SHIFT = np.array([-0.5, -0.3, -0.7], np.float32)   # the input shift m of the invariance test
 PATCH, STEPS, BORDER = 4, 20, 4
