@@ -76,11 +76,14 @@ class Fitter:
     def __init__(self, computer: Any) -> None:
         self.c = computer
         self.on_host = cpu_only(computer.strategy)
-        shapes = computer._graph.shapes
-        self.means = {op.name: tf.Variable(tf.zeros(shapes[op.inputs[0]][op.channel_axis]),
-                                           trainable=False) for op in computer._ops}
+        shapes, dtypes = computer._graph.shapes, computer._graph.dtypes
+        # In the op's compute dtype: float32, or float64 for a float64 model.
+        self.means = {op.name: tf.Variable(tf.zeros(shapes[op.inputs[0]][op.channel_axis],
+                                                    dtypes[op.inputs[0]]), trainable=False)
+                      for op in computer._ops}
         self.y_shifts = {op.name: tf.Variable(tf.zeros(int(np.prod(
-            computer._layouts[op.name].neuron_shape))), trainable=False) for op in computer._ops}
+            computer._layouts[op.name].neuron_shape)), dtypes[op.inputs[0]]), trainable=False)
+            for op in computer._ops}
         options = dict(reduce_retracing=True, autograph=False)
         self._host: dict[str, Any] = {}  # the accumulators the host step adds to
         self._add_on_host = tf.function(self._distributed_host_add, **options)
@@ -322,7 +325,7 @@ class Fitter:
         for op in self.c._ops:
             layout = self.c._layouts[op.name]
             total_x, n = total[op.name]
-            mean = tf.cast(total_x / tf.maximum(n, 1.0), tf.float32)
+            mean = tf.cast(total_x / tf.maximum(n, 1.0), self.means[op.name].dtype)
             self.means[op.name].assign(mean)
             y_shift = tf.reduce_sum(op.get_kernel() * layout.shift_kernel(mean),
                                     axis=layout.fan_in_axes)
@@ -375,7 +378,7 @@ def _sums_fit_float32(x: tf.Tensor, y: tf.Tensor, out: tf.Tensor, mean: tf.Tenso
     finite = tf.math.is_finite(tf.reduce_sum(ax)) & tf.math.is_finite(tf.reduce_sum(aout))
     mx = tf.reduce_max(ax) + tf.reduce_max(tf.abs(mean))
     my = tf.maximum(tf.reduce_max(tf.abs(y)) + tf.reduce_max(tf.abs(y_shift)), 1.0)
-    count = tf.cast(tf.size(y), tf.float32)
+    count = tf.cast(tf.size(y), mx.dtype)
     return finite & (count * mx * my < _FLOAT32_SUM_BOUND)
 
 
