@@ -87,7 +87,6 @@ class PatternComputer:
         _check_static_shapes(self._ops, self._graph)
         self._regimes = any(t.startswith("relu") for t in self.types)
         self._regime_sources = regime_sources(self._graph)
-        self._gated = {name: key is not None for name, key in self._regime_sources.items()}
         self._state: dict[str, PatternStatistics] = {}
         self._samples = 0
         self._fitter: Fitter | None = None
@@ -209,7 +208,7 @@ class PatternComputer:
         found = {}
         for key, op in self._keys.items():
             stats = self._state.get(key)
-            if stats is None or not stats.regimes or not self._gated[op.name]:
+            if stats is None or not stats.regimes or self._regime_sources[op.name] is None:
                 found[key] = 0
                 continue
             pos = np.asarray(stats.sums["count_pos"])
@@ -286,7 +285,7 @@ class PatternComputer:
         for key, op in self._keys.items():
             found, degenerate[key] = self._state[key].finalize(
                 op.get_kernel().numpy(), self.types, np.float32, self.shrinkage)
-            if not self._gated[op.name]:  # one regime, every sample: no negative one to count
+            if self._regime_sources[op.name] is None:  # one regime, every sample: no negative one
                 degenerate[key] = {t: n for t, n in degenerate[key].items()
                                    if not t.endswith(".negative")}
             for kind, pattern in found.items():
