@@ -340,13 +340,15 @@ def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def make_twin(model: Any, m: np.ndarray) -> tuple[Any, str]:
+def make_twin(model: Any, m: np.ndarray | None, dtype: str = "float32") -> tuple[Any, str]:
     """A model with ``twin(x + m) == model(x)``: same weights, the first conv's bias
     ``b - sum_fan-in(K) m``, and padding that reads ``m`` instead of 0 where the first
     conv reads padding (a ``ZeroPadding2D`` before it, or its own ``'same'``).
 
     The padding is ``keras.ops.pad`` (zeros) plus a constant tensor holding ``m`` on
     the border, both on symbolic tensors.  Returns the twin and a description.
+    Every layer and the weights are in ``dtype`` (the compensated bias is computed
+    in float64).  ``m=None`` gives an exact copy of ``model`` in ``dtype``.
     """
     import keras
 
@@ -356,23 +358,27 @@ def make_twin(model: Any, m: np.ndarray) -> tuple[Any, str]:
     pad_layer = feeding if isinstance(feeding, keras.layers.ZeroPadding2D) else None
     kernel_shape = tuple(first.kernel.shape)
     notes = []
+    shift = None if m is None else np.asarray(m, np.float64)
 
     def constant_pad(x: Any, pads: tuple) -> Any:
         (top, bottom), (left, right) = pads
         h, w, c = (int(d) for d in x.shape[1:])
-        border = np.zeros((1, h + top + bottom, w + left + right, c), np.float32)
-        border[...] = m
+        border = np.zeros((1, h + top + bottom, w + left + right, c), dtype)
+        border[...] = shift
         border[:, top:top + h, left:left + w, :] = 0.0
         padded = keras.ops.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
         return padded + border
 
     def clone(layer: Any) -> Any:
         config = layer.get_config()
-        if layer is first:
+        config["dtype"] = dtype
+        if layer is first and shift is not None:
             config.update(use_bias=True, padding="valid")
         return layer.__class__.from_config(config)
 
     def call(layer: Any, *args: Any, **kwargs: Any) -> Any:
+        if shift is None:
+            return layer(*args, **kwargs)
         if pad_layer is not None and layer.name == pad_layer.name:
             return constant_pad(args[0], tuple(tuple(p) for p in pad_layer.padding))
         if layer.name == first.name and first.padding == "same":
@@ -382,18 +388,23 @@ def make_twin(model: Any, m: np.ndarray) -> tuple[Any, str]:
             return layer(constant_pad(x, pads), **kwargs)
         return layer(*args, **kwargs)
 
-    twin = keras.models.clone_model(model, clone_function=clone, call_function=call)
+    inputs = keras.tree.map_structure(
+        lambda t: keras.Input(batch_shape=t.shape, dtype=dtype, name=t.name), model.input)
+    twin = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone,
+                                    call_function=call)
     for layer in model.layers:
         if not layer.weights:
             continue
         target = twin.get_layer(layer.name)
-        if layer is first:
-            kernel = np.asarray(first.kernel)
-            bias = np.asarray(first.bias) if first.use_bias else np.zeros(kernel.shape[-1], np.float32)
-            compensation = np.einsum("hwio,i->o", kernel.astype(np.float64), m.astype(np.float64))
-            target.set_weights([kernel, (bias - compensation).astype(np.float32)])
+        if layer is first and shift is not None:
+            kernel = np.asarray(first.kernel, np.float64)
+            bias = np.asarray(first.bias, np.float64) if first.use_bias else np.zeros(kernel.shape[-1])
+            compensation = np.einsum("hwio,i->o", kernel, shift)
+            target.set_weights([kernel.astype(dtype), (bias - compensation).astype(dtype)])
         else:
-            target.set_weights(layer.get_weights())
+            target.set_weights([w.astype(dtype) for w in layer.get_weights()])
+    if shift is None:
+        return twin, f"a copy in {dtype}"
     if pad_layer is not None:
         notes.append(f"'{pad_layer.name}' (ZeroPadding2D) replaced by keras.ops.pad + a constant "
                      "border of m")
