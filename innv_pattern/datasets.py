@@ -11,6 +11,10 @@
 * :func:`load_digits`: sklearn's 8x8 digits (shipped with sklearn, no
   download) as float32 images, optionally upscaled and with colour channels.
 * :func:`train_digits_cnn`: a small ReLU CNN that trains on digits in seconds.
+* From :mod:`innv_pattern.groundtruth_data` (the literature's ground truths):
+  :func:`xai_tris` (tetromino images, Clark et al., 2024),
+  :func:`suppressor_data` (Wilming et al., 2022 and 2023) and :func:`haufe_toy`
+  (Haufe et al., 2014, as iNNvestigate 1.x tests it).
 
 Example:
     >>> toy = toy_data(1000, seed=0)
@@ -28,14 +32,27 @@ from typing import Any
 
 import numpy as np
 
+from innv_pattern.groundtruth_data import (BACKGROUNDS, SCENARIOS, XAI_TRIS_SNR, SuppressorData,
+                                           XaiTris, haufe_toy, suppressor_data, tetromino,
+                                           xai_tris)
+
 __all__ = [
+    "BACKGROUNDS",
     "GroundTruth",
+    "SCENARIOS",
+    "SuppressorData",
     "ToyData",
+    "XAI_TRIS_SNR",
+    "XaiTris",
     "digits_cnn",
     "ground_truth_images",
+    "haufe_toy",
     "load_digits",
+    "suppressor_data",
+    "tetromino",
     "toy_data",
     "train_digits_cnn",
+    "xai_tris",
 ]
 
 
@@ -83,14 +100,18 @@ def toy_data(n: int = 1000, mu: float = 0.0, sigma: float = 1.0,
     if n < 1 or not sigma >= 0:
         raise ValueError(f"toy_data needs n >= 1 and sigma >= 0; received n={n!r}, "
                          f"sigma={sigma!r}.")
+    rng = np.random.default_rng(seed)
+    return _toy(rng.uniform(-1.0, 1.0, n), rng.normal(mu, sigma, n), a_s, a_d)
+
+
+def _toy(y: np.ndarray, eps: np.ndarray, a_s: tuple[float, float],
+         a_d: tuple[float, float]) -> ToyData:
+    """``x = y a_s + eps a_d`` as :class:`ToyData`, with the filter ``w``."""
     s_dir, d_dir = np.asarray(a_s, np.float64), np.asarray(a_d, np.float64)
     basis = np.stack([s_dir, d_dir])
     if s_dir.shape != (2,) or d_dir.shape != (2,) or abs(np.linalg.det(basis)) < 1e-12:
         raise ValueError(f"a_s and a_d must be two linearly independent 2-vectors; received "
                          f"a_s={a_s!r}, a_d={a_d!r}.")
-    rng = np.random.default_rng(seed)
-    y = rng.uniform(-1.0, 1.0, n)
-    eps = rng.normal(mu, sigma, n)
     signal, distractor = np.outer(y, s_dir), np.outer(eps, d_dir)
     w = np.linalg.solve(basis, [1.0, 0.0])
     f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731

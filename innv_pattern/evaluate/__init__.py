@@ -8,7 +8,9 @@
 * :func:`randomization_check`: the cascading model-parameter randomization
   sanity check (Adebayo et al., 2018);
 * :func:`explanation_accuracy`: agreement of an explanation with a signal
-  known by construction (:func:`innv_pattern.datasets.ground_truth_images`);
+  known by construction (:func:`innv_pattern.datasets.ground_truth_images`,
+  :func:`innv_pattern.datasets.xai_tris`): AUROC, top-k precision, mass on the
+  signal and XAI-TRIS's earth mover's score (:func:`earth_movers_distance`);
 * :func:`input_invariance` and :func:`shifted_twin`: does an explanation
   change when the input is shifted and the first layer's bias compensates
   (Kindermans et al., 2017)?
@@ -26,8 +28,8 @@ Example:
 
 from innv_pattern.evaluate._common import analyze_all
 from innv_pattern.evaluate.flow import relevance_flow
-from innv_pattern.evaluate.groundtruth import (ACCURACY_METRICS, explanation_accuracy,
-                                               plot_explanation_accuracy)
+from innv_pattern.evaluate.groundtruth import (ACCURACY_METRICS, earth_movers_distance,
+                                               explanation_accuracy, plot_explanation_accuracy)
 from innv_pattern.evaluate.invariance import input_invariance, shifted_twin
 from innv_pattern.evaluate.perturbation import aopc, perturbation_curve, plot_perturbation_curves
 from innv_pattern.evaluate.quality import ESTIMATORS, plot_signal_quality, signal_quality
@@ -39,6 +41,7 @@ __all__ = [
     "METRICS",
     "analyze_all",
     "aopc",
+    "earth_movers_distance",
     "explanation_accuracy",
     "input_invariance",
     "perturbation_curve",
