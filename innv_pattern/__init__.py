@@ -24,6 +24,8 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
+#: Subpackages reachable as attributes (``ip.evaluate``), imported on first use.
+_SUBMODULES = ("datasets", "evaluate", "viz")
 
 
 def __getattr__(name: str) -> Any:
@@ -31,6 +33,8 @@ def __getattr__(name: str) -> Any:
         value = getattr(import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value
+    if name in _SUBMODULES:
+        return import_module(f"innv_pattern.{name}")
     raise AttributeError(f"module 'innv_pattern' has no attribute {name!r}")
 
 
