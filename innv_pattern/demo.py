@@ -27,6 +27,8 @@ import numpy as np
 
 import innv_pattern as ip
 from innv_pattern import datasets, viz
+from innv_pattern.analyzer_base import KINDS
+from innv_pattern.analyzers import analyzer_classes
 from innv_pattern.patterns import PatternComputer
 
 __all__ = [
@@ -35,9 +37,8 @@ __all__ = [
 ]
 
 #: The analyzers of the demo, in the paper's order: function, signal, attribution.
-ANALYZERS = ("gradient", "smoothgrad", "deconvnet", "guided_backprop", "pattern.net",
-             "input_t_gradient", "lrp.z", "lrp.epsilon", "integrated_gradients",
-             "pattern.attribution")
+ANALYZERS = tuple(name for kind in KINDS for name, cls in analyzer_classes().items()
+                  if cls.in_paper and cls.kind == kind)
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 
 
@@ -114,12 +115,13 @@ def analyze_all(model: keras.Model, x: np.ndarray, patterns: Any, verbose: int,
     spread = float(np.max(x) - np.min(x)) or 1.0
     kind = "relu" if patterns.has_type("relu") else "linear"
     chosen = {"patterns": patterns.for_type(kind), "pattern_type": kind}
-    options = {"pattern.net": chosen, "pattern.attribution": chosen,
-               "smoothgrad": {"noise_scale": 0.15 * spread}}
+    options = {"smoothgrad": {"noise_scale": 0.15 * spread}}
+    classes = analyzer_classes()
     bar = keras.utils.Progbar(len(methods), unit_name="analyzer", verbose=verbose)
     result = {}
     for i, name in enumerate(methods):
-        result[name] = ip.create_analyzer(name, model, **options.get(name, {})).analyze(x)
+        extra = chosen if classes[name].needs_patterns else options.get(name, {})
+        result[name] = ip.create_analyzer(name, model, **extra).analyze(x)
         bar.update(i + 1)
     return result
 

@@ -17,7 +17,7 @@ Example:
     >>> from innv_pattern.canonize import canonize
     >>> inp = keras.Input((3,))
     >>> model = keras.Model(inp, keras.layers.Dense(1, use_bias=False)(inp))
-    >>> rule = ZRule(canonize(model).ops[0], {})
+    >>> rule = ZRule.configured().bind(canonize(model).ops[0])
     >>> x = tf.constant([[1.0, 2.0, 3.0]])
     >>> with tf.GradientTape() as tape:
     ...     tape.watch(x)
@@ -29,7 +29,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+import dataclasses
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -49,9 +50,33 @@ __all__ = [
     "PatternRule",
     "RectifiedZRule",
     "Rule",
+    "Template",
     "ZRule",
     "linearization",
 ]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Template:
+    """A rule class with its settings, bound once per operation (Zennit's rule objects).
+
+    Made by :meth:`Rule.configured`; rule maps and composites hold templates.
+
+    Example:
+        >>> ZRule.configured(epsilon=0.1)
+        ZRule(epsilon=0.1)
+    """
+
+    rule: type["Rule"]
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def bind(self, op: Op) -> "Rule":
+        """The rule bound to ``op``."""
+        return self.rule(op, self.settings)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.settings.items() if k != "patterns")
+        return f"{self.rule.__name__}({shown})"
 
 
 class Rule:
@@ -59,11 +84,32 @@ class Rule:
 
     Args:
         op: The canonical operation the rule is bound to.
-        options: Analyzer options (``epsilon``, ``patterns``, ``attribution``).
+        options: The rule's settings (:attr:`setting_names`), as
+            :meth:`configured` received them.
     """
+
+    #: The settings the rule reads; :meth:`configured` accepts these names only.
+    setting_names: ClassVar[tuple[str, ...]] = ()
+    #: The relevance it gives an input element is that element times a finite
+    #: factor (zero where the input is zero); see ``rule_maps.fuse_rectifiers``.
+    proportional: ClassVar[bool] = False
 
     def __init__(self, op: Op, options: Mapping[str, Any]) -> None:
         self.op = op
+        self.settings = dict(options)
+
+    @classmethod
+    def configured(cls, **settings: Any) -> Template:
+        """A :class:`Template` of this rule with ``settings``.
+
+        Raises:
+            TypeError: For a setting the rule does not read.
+        """
+        unknown = sorted(set(settings) - set(cls.setting_names))
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no setting(s) {unknown}; accepted: "
+                            f"{list(cls.setting_names)}.")
+        return Template(cls, settings)
 
     def __call__(self, *xs: tf.Tensor) -> list[tf.Tensor]:
         return self.op.forward(*xs)
@@ -129,6 +175,11 @@ class ZRule(ModifiedRule):
     relevance in proportion to each input's contribution ``x_i / z``.
     """
 
+    setting_names = ("epsilon",)
+    proportional = True
+    #: :func:`innv_pattern.rule_maps.fuse_rectifiers` may fuse it with the ReLU after it.
+    fusable: ClassVar[bool] = True
+
     def __init__(self, op: Op, options: Mapping[str, Any]) -> None:
         super().__init__(op, options)
         self.epsilon = float(options.get("epsilon", 0.0))
@@ -165,6 +216,8 @@ class RectifiedZRule(ZRule):
     guarantees it.  The ReLU itself becomes an :class:`IdentityRule`.
     """
 
+    fusable = False
+
     def _forward(self, linear: Callable[..., tf.Tensor]) -> Callable[..., tf.Tensor]:
         forward = _forward_fn(self.op, linear)
         return lambda *v: tf.nn.relu(forward(*v))
@@ -187,6 +240,8 @@ class PatternRule(Rule):
     ``kernel * pattern`` (PatternAttribution) in place of the kernel; the
     forward pass is unchanged.
     """
+
+    setting_names = ("patterns", "attribution")
 
     def __init__(self, op: Op, options: Mapping[str, Any]) -> None:
         super().__init__(op, options)
@@ -216,6 +271,8 @@ class DiagonalPatternRule(ModifiedRule):
     PatternNet divides the signal by ``s`` (zero where ``s`` is); for
     PatternAttribution ``w a = 1``, so relevance passes unchanged.
     """
+
+    setting_names = ("attribution",)
 
     def __init__(self, op: Op, options: Mapping[str, Any]) -> None:
         super().__init__(op, options)

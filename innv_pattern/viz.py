@@ -41,6 +41,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from innv_pattern.analyzers import analyzer_classes
 from innv_pattern.evaluate import plot_perturbation_curves, plot_signal_quality
 
 __all__ = [
@@ -48,23 +49,16 @@ __all__ = [
     "plot_grid", "plot_perturbation_curves", "plot_signal_quality", "plot_toy", "project",
 ]
 
-#: What each analyzer shows, after Fig. 1 of the paper.
-KINDS: dict[str, str] = {
-    "gradient": "function", "smoothgrad": "function",
-    "deconvnet": "signal", "guided_backprop": "signal", "pattern.net": "signal",
-    "input_t_gradient": "attribution", "integrated_gradients": "attribution",
-    "lrp.z": "attribution", "lrp.epsilon": "attribution", "pattern.attribution": "attribution",
-}
+#: What each analyzer shows, after Fig. 1 of the paper (each analyzer class's ``kind``).
+KINDS: dict[str, str] = {name: cls.kind for name, cls in analyzer_classes().items()}
 
-#: Column titles, spelled as in the paper.
-DISPLAY_NAMES: dict[str, str] = {
-    "gradient": "Gradient", "smoothgrad": "SmoothGrad", "deconvnet": "DeConvNet",
-    "guided_backprop": "Guided BackProp", "pattern.net": "PatternNet",
-    "input_t_gradient": "Input x Gradient", "integrated_gradients": "Integrated Gradients",
-    "lrp.z": "LRP-z", "lrp.epsilon": "LRP-epsilon", "pattern.attribution": "PatternAttribution",
-}
+#: Column titles, spelled as in the paper (each analyzer class's ``display_name``).
+DISPLAY_NAMES: dict[str, str] = {name: cls.display_name
+                                 for name, cls in analyzer_classes().items()}
 
 _GROUP_ORDER = ("function", "signal", "attribution")
+#: The key of the input column: not an analyzer name (there is an analyzer called "input").
+_INPUT_COLUMN = "<input>"
 _ARROW_COLORS = ("black", "tab:green", "tab:purple", "tab:brown", "tab:olive")
 
 
@@ -158,7 +152,7 @@ def _ordered(methods: Sequence[str]) -> list[str]:
 
 
 def _panel(column: str, array: Any) -> np.ndarray:
-    if column == "input":
+    if column == _INPUT_COLUMN:
         return input_image(array)
     return draw(array, column) if column in KINDS else project(array)
 
@@ -175,7 +169,7 @@ def _show(ax: Any, image: np.ndarray) -> None:
 def _columns(methods: Sequence[str], references: Sequence[str]
              ) -> tuple[list[str | None], list[float]]:
     """Column layout: the input and references, then each group after a narrow spacer (``None``)."""
-    columns: list[str | None] = ["input", *references]
+    columns: list[str | None] = [_INPUT_COLUMN, *references]
     for group in _GROUP_ORDER:
         members = [m for m in methods if kind_of(m) == group]
         if members:
@@ -250,9 +244,10 @@ def plot_grid(x: Any, analyses: Mapping[str, Any], row_labels: Sequence[str] | N
             if column is None:
                 ax.set_axis_off()
                 continue
-            _show(ax, _panel(column, sample if column == "input" else panels[column][i]))
+            _show(ax, _panel(column, sample if column == _INPUT_COLUMN else panels[column][i]))
             if i == 0:
-                ax.set_title(DISPLAY_NAMES.get(column, column), fontsize="medium")
+                title = "input" if column == _INPUT_COLUMN else DISPLAY_NAMES.get(column, column)
+                ax.set_title(title, fontsize="medium")
         if row_labels is not None:
             axes[i, 0].set_ylabel(row_labels[i], fontsize="small", rotation=0 if flat else 90,
                                   ha="right" if flat else "center", va="center")

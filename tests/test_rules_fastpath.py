@@ -12,20 +12,11 @@ import warnings
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-
 import innv_pattern as ip
 from conftest import randomize_biases
-from innv_pattern.rule_maps import RULE_MAPS, FallbackWarning, bind
+from innv_pattern.rule_maps import FallbackWarning
 from innv_pattern.rules import IdentityRule, RectifiedZRule
 from numpy_reference import from_keras
-
-
-def _unfused(analyzer):
-    """The same analyzer with the rules bound one op at a time."""
-    analyzer._rules = bind(analyzer._graph, RULE_MAPS[analyzer.rule_family], analyzer._options())
-    analyzer._batch_fn = tf.function(analyzer._analyze_batch)
-    return analyzer
 
 
 def _fused_count(analyzer):
@@ -35,7 +26,9 @@ def _fused_count(analyzer):
 def _compare(model, x, method, mode="max_activation"):
     fused = ip.create_analyzer(method, model, neuron_selection_mode=mode)
     got = fused.analyze(x)
-    want = _unfused(ip.create_analyzer(method, model, neuron_selection_mode=mode)).analyze(x)
+    unfused = ip.create_analyzer(method, model, neuron_selection_mode=mode, fast_path=False)
+    assert _fused_count(unfused) == 0
+    want = unfused.analyze(x)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     return fused
 

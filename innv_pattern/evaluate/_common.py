@@ -14,9 +14,6 @@ import numpy as np
 
 __all__ = ["analyze_all", "figure_axes", "iter_batches", "needs_patterns"]
 
-PATTERN_ANALYZERS = ("pattern.net", "pattern.attribution")
-
-
 def iter_batches(data: Any, batch_size: int) -> Iterator[Any]:
     """Batches of inputs from an array, a ``tf.data.Dataset`` or an iterable.
 
@@ -40,8 +37,11 @@ def iter_batches(data: Any, batch_size: int) -> Iterator[Any]:
 
 
 def needs_patterns(name: str) -> bool:
-    """Whether analyzer ``name`` needs fitted patterns."""
-    return name in PATTERN_ANALYZERS
+    """Whether analyzer ``name`` needs fitted patterns (its class's ``needs_patterns``)."""
+    from innv_pattern.analyzers import analyzer_classes
+
+    cls = analyzer_classes().get(name)
+    return bool(cls is not None and cls.needs_patterns)
 
 
 def analyze_all(model: Any, x: np.ndarray, analyzer_names: Sequence[str],
@@ -67,8 +67,9 @@ def analyze_all(model: Any, x: np.ndarray, analyzer_names: Sequence[str],
         raise ValueError(f"Unknown analyzer(s) {unknown}; accepted: {ip.list_analyzers()}.")
     if any(needs_patterns(n) for n in analyzer_names) and patterns is None:
         if fit_data is None:
-            raise ValueError("pattern.net and pattern.attribution need fit_data (to fit the "
-                             "patterns) or patterns=ip.PatternComputer(model).compute(data).")
+            wanting = [n for n in analyzer_names if needs_patterns(n)]
+            raise ValueError(f"{' and '.join(wanting)} need fit_data (to fit the patterns) "
+                             "or patterns=ip.PatternComputer(model).compute(data).")
         from innv_pattern.patterns import PatternComputer
 
         patterns = PatternComputer(model, pattern_type="relu").compute(fit_data, verbose=0)
