@@ -4,29 +4,46 @@ Every problem a user can cause (a missing file, an unknown format, data that
 does not fit the model) raises :class:`UserError` with one line saying what
 was received and what is accepted; :mod:`innv_pattern.cli` prints it.
 
+Inputs pass through :class:`InputOptions` on their way to the model:
+``x * scale + offset``, then a named preprocessing (``caffe``, ``tf``,
+``torch`` or a ``keras.applications`` module such as ``vgg16``).  Images are
+decoded and resized (bilinearly, as ``keras.utils.image_dataset_from_directory``
+does) to the model's input size, or to ``size`` where the model takes any.
+
 Example:
     >>> import numpy as np, os, tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), "x.npy")
     >>> np.save(path, np.zeros((5, 8, 8), "float32"))
     >>> fit_to_model(load_array(path), (None, 8, 8, 1), path).shape   # channel axis added
     (5, 8, 8, 1)
+    >>> InputOptions(scale=2.0, offset=-1.0).apply(np.array([0.0, 0.5, 1.0]))
+    array([-1.,  0.,  1.])
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import functools
 import os
+import re
 from fractions import Fraction
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 __all__ = [
-    "IMAGE_SUFFIXES", "UserError", "batches", "check_exists", "fit_to_model", "image_files",
-    "load_array", "load_image_folder", "load_images", "load_model", "parse_scale",
+    "IMAGE_SUFFIXES", "InputOptions", "PREPROCESS_MODES", "UserError", "batches",
+    "check_exists", "fit_to_model", "image_files", "load_array", "load_image_folder",
+    "load_images", "load_model", "output_folder", "parse_number", "parse_size",
+    "preprocess_function",
+    "read_inputs", "write_file_rows",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-MODEL_SUFFIXES = (".keras", ".h5")
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+#: The modes of ``keras.applications.imagenet_utils.preprocess_input``.
+PREPROCESS_MODES = ("caffe", "tf", "torch")
 
 
 class UserError(Exception):
@@ -43,27 +60,93 @@ def check_exists(path: str, what: str, folder_ok: bool = False) -> str:
     return path
 
 
-def parse_scale(text: str) -> float:
-    """A number or fraction such as ``"1/255"``.
+def parse_number(text: str, option: str = "--scale") -> float:
+    """A number or fraction such as ``"1/255"`` or ``"-1"``.
 
     Example:
-        >>> round(parse_scale("1/255"), 6), parse_scale("2")
-        (0.003922, 2.0)
+        >>> round(parse_number("1/255"), 6), parse_number("-1", "--offset")
+        (0.003922, -1.0)
     """
     try:
-        return float(Fraction(text))
+        return float(Fraction(text.strip()))
     except (ValueError, ZeroDivisionError):
-        raise UserError(f"--scale must be a number or a fraction such as 1/255; received {text!r}.")
+        raise UserError(f"{option} must be a number or a fraction such as 1/255; "
+                        f"received {text!r}.") from None
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"224x224"`` (height x width) or ``"224"`` (square) as ``(height, width)``.
+
+    Example:
+        >>> parse_size("224x192"), parse_size("64")
+        ((224, 192), (64, 64))
+    """
+    parts = text.lower().replace("*", "x").split("x")
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise UserError(f"--size must be HEIGHTxWIDTH in pixels, such as 224x224; "
+                        f"received {text!r}.")
+    return int(parts[0]), int(parts[1])
+
+
+def preprocess_function(name: str) -> Callable[[Any], Any]:
+    """The preprocessing called ``name``: an imagenet_utils mode or a keras.applications module."""
+    import keras
+
+    if name in PREPROCESS_MODES:
+        return functools.partial(keras.applications.imagenet_utils.preprocess_input, mode=name)
+    module = getattr(keras.applications, name, None) if name.isidentifier() else None
+    function = getattr(module, "preprocess_input", None)
+    if not callable(function):
+        known = sorted(m for m in dir(keras.applications) if m.islower() and not
+                       m.startswith("_") and m != "imagenet_utils")
+        raise UserError(f"--preprocess must be {', '.join(PREPROCESS_MODES)} or a "
+                        f"keras.applications module ({', '.join(known)}); received {name!r}.")
+    return function
+
+
+@dataclasses.dataclass(frozen=True)
+class InputOptions:
+    """How files become model inputs: ``x * scale + offset``, then ``preprocess``.
+
+    Attributes:
+        scale: Multiplies every input (e.g. 1/255 for 0-255 images).
+        offset: Added after scaling (e.g. -1 with scale 2/255 for [-1, 1]).
+        preprocess: ``caffe``, ``tf``, ``torch`` or a keras.applications
+            module name (``vgg16``, ``resnet50``, ...), applied last.
+        size: ``(height, width)`` to resize images to, for models that take
+            any size (it must agree with a model's fixed size).
+    """
+
+    scale: float = 1.0
+    offset: float = 0.0
+    preprocess: str | None = None
+    size: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.preprocess is not None:
+            preprocess_function(self.preprocess)       # an unknown name fails before any work
+
+    def apply(self, x: Any) -> Any:
+        """``x`` (numpy or a tensor) as the model takes it; numpy input is never modified."""
+        if isinstance(x, np.ndarray):
+            x = np.array(x, dtype=np.float32)           # a copy: preprocess_input works in place
+        if self.scale != 1.0 or self.offset != 0.0:
+            x = x * self.scale + self.offset
+        if self.preprocess is not None:
+            x = preprocess_function(self.preprocess)(x)
+        return x
 
 
 def load_model(path: str) -> Any:
-    """Loads a ``.keras`` or ``.h5`` model file (without compiling it)."""
+    """Loads a ``.keras``, ``.h5`` or ``.hdf5`` model file (without compiling it)."""
     import keras
 
     check_exists(path, "Model file")
     if not path.lower().endswith(MODEL_SUFFIXES):
-        raise UserError(f"Model file '{path}' must end in .keras or .h5 (a Keras model saved "
-                        "with model.save).")
+        raise UserError(f"Model file '{path}' must end in .keras, .h5 or .hdf5 (a Keras model "
+                        "saved with model.save).")
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as err:  # Keras reports bad files with many exception types
@@ -131,58 +214,152 @@ def _shape_text(shape: tuple) -> str:
     return "(" + ", ".join("any" if s is None else str(s) for s in shape) + ")"
 
 
-def _image_geometry(input_shape: tuple, source: str) -> tuple[tuple[int, int], str]:
+def read_inputs(path: str, key: str | None, input_shape: tuple,
+                options: InputOptions) -> tuple[np.ndarray, list[str] | None]:
+    """An image file, a folder of images or a .npy/.npz file as the model's inputs.
+
+    Returns:
+        The float32 batch (options applied) and the image file of each row
+        (``None`` for arrays).
+    """
+    files = None
+    if os.path.isdir(path):
+        files = image_files(path)
+    elif check_exists(path, "Input").lower().endswith(IMAGE_SUFFIXES):
+        files = [path]
+    if files is not None:
+        return options.apply(load_images(files, input_shape, options.size)), files
+    return options.apply(fit_to_model(load_array(path, key), input_shape, path)), None
+
+
+def _image_geometry(input_shape: tuple, source: str,
+                    size: tuple[int, int] | None) -> tuple[tuple[int, int], int]:
+    """The ``(height, width)`` to resize to and the number of channels."""
     if len(input_shape) != 4 or input_shape[-1] not in (1, 3, 4):
         raise UserError(f"Images ('{source}') need a model that takes images shaped (height, "
                         f"width, 1, 3 or 4 channels); this one takes {_shape_text(input_shape[1:])}.")
-    if input_shape[1] is None or input_shape[2] is None:
-        raise UserError(f"The model takes images of any size; resize them and pass a .npy file "
-                        f"instead of '{source}'.")
-    mode = {1: "grayscale", 3: "rgb", 4: "rgba"}[input_shape[-1]]
-    return (input_shape[1], input_shape[2]), mode
+    fixed = tuple(input_shape[1:3])
+    if size is not None and not _matches(size, fixed):
+        raise UserError(f"--size {size[0]}x{size[1]} does not fit the model, which takes images "
+                        f"of {_shape_text(fixed)} pixels; leave --size out.")
+    if size is None and None in fixed:
+        raise UserError(f"The model takes images of any size {_shape_text(fixed)}; pass "
+                        f"--size HEIGHTxWIDTH (e.g. --size 224x224) to resize '{source}' to.")
+    return tuple(size or fixed), int(input_shape[-1])
 
 
-def load_images(paths: list[str], input_shape: tuple, scale: float) -> np.ndarray:
-    """Image files as one batch, resized to the model's input and multiplied by ``scale``."""
-    import keras
+def _decode(path: Any, size: tuple[int, int], channels: int) -> Any:
+    """One image file (a string tensor) as a float32 ``(height, width, channels)`` tensor."""
+    import tensorflow as tf
 
-    size, mode = _image_geometry(input_shape, paths[0] if paths else "")
+    image = tf.io.decode_image(tf.io.read_file(path), channels=0, expand_animations=False)
+    native = tf.shape(image)[-1]                 # 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA
+    gray = image[..., :1]
+    if channels == 1:                            # luma as PIL's convert("L") computes it
+        luma = tf.reduce_sum(tf.cast(image[..., :3], tf.float32) * [0.299, 0.587, 0.114], -1,
+                             keepdims=True)
+        color = tf.cond(native < 3, lambda: tf.cast(gray, tf.float32), lambda: tf.round(luma))
+    else:
+        color = tf.cast(tf.cond(native < 3, lambda: tf.tile(gray, [1, 1, 3]),
+                                lambda: image[..., :3]), tf.float32)
+    if channels == 4:
+        opaque = tf.fill(tf.concat([tf.shape(image)[:2], [1]], 0), 255.0)
+        alpha = tf.cond(tf.equal(native % 2, 0), lambda: tf.cast(image[..., -1:], tf.float32),
+                        lambda: opaque)
+        color = tf.concat([color, alpha], -1)
+    resized = tf.image.resize(color, size)
+    resized.set_shape(tuple(size) + (channels,))
+    return resized
+
+
+def load_images(paths: Sequence[str], input_shape: tuple,
+                size: tuple[int, int] | None = None) -> np.ndarray:
+    """Image files as one float32 batch (values 0-255), resized to the model's input."""
+    import tensorflow as tf
+
+    target, channels = _image_geometry(input_shape, paths[0] if paths else "", size)
     images = []
     for path in paths:
         try:
-            image = keras.utils.load_img(path, color_mode=mode, target_size=size)
-        except Exception as err:  # PIL raises several types for unreadable files
-            raise UserError(f"Could not read image '{path}': {_one_line(err)}") from err
-        images.append(keras.utils.img_to_array(image))
-    return np.stack(images).astype("float32") * scale
+            images.append(_decode(tf.constant(path), target, channels).numpy())
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as err:
+            raise UserError(f"Could not read image '{path}': {_one_line(err.message)}") from err
+    return np.stack(images)
 
 
-def load_image_folder(folder: str, input_shape: tuple, scale: float, batch_size: int) -> Any:
-    """A folder of images (subfolders included) as a ``tf.data.Dataset`` of scaled batches."""
-    import keras
+def load_image_folder(folder: str, input_shape: tuple, options: InputOptions, batch_size: int,
+                      skip: int = 0) -> Any:
+    """A folder of images (subfolders included, natural order) as a ``tf.data.Dataset``.
 
-    size, mode = _image_geometry(input_shape, folder)
-    image_files(folder)
-    data = keras.utils.image_dataset_from_directory(
-        folder, labels=None, color_mode=mode, image_size=size, batch_size=batch_size,
-        shuffle=False, verbose=False)
-    return data.map(lambda x: x * scale)
+    Files are decoded in parallel and batches prefetched; ``options`` are
+    applied per batch.  ``skip`` leaves out the first files.
+    """
+    import tensorflow as tf
+
+    target, channels = _image_geometry(input_shape, folder, options.size)
+    files = image_files(folder)
+    if skip >= len(files):
+        raise UserError(f"--skip {skip} leaves no data: '{folder}' has {len(files)} images.")
+    auto = tf.data.AUTOTUNE
+    data = tf.data.Dataset.from_tensor_slices(files[skip:]).map(
+        lambda p: _decode(p, target, channels), num_parallel_calls=auto, deterministic=True)
+    return data.batch(batch_size).map(options.apply, num_parallel_calls=auto).prefetch(auto)
+
+
+def _natural_key(path: str) -> list[list[Any]]:
+    """Sorts ``digit_2`` before ``digit_10``, folder by folder."""
+    return [[int(p) if i % 2 else p for i, p in enumerate(re.split(r"(\d+)", part))]
+            for part in path.split(os.sep)]
 
 
 def image_files(folder: str) -> list[str]:
-    """The image files in ``folder`` and its subfolders, sorted; at least one."""
-    found = sorted(os.path.join(root, f) for root, _, files in os.walk(folder)
-                   for f in files if f.lower().endswith(IMAGE_SUFFIXES))
+    """The image files in ``folder`` and its subfolders, in natural order; at least one.
+
+    Example:
+        >>> import tempfile
+        >>> root = tempfile.mkdtemp()
+        >>> for name in ("digit_10.png", "digit_2.png", "digit_1.png"):
+        ...     open(os.path.join(root, name), "w").close()
+        >>> [os.path.basename(f) for f in image_files(root)]
+        ['digit_1.png', 'digit_2.png', 'digit_10.png']
+    """
+    found = [os.path.relpath(os.path.join(root, f), folder) for root, _, files in os.walk(folder)
+             for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
     if not found:
         raise UserError(f"Folder '{folder}' holds no image ({', '.join(IMAGE_SUFFIXES)}).")
-    return found
+    return [os.path.join(folder, f) for f in sorted(found, key=_natural_key)]
 
 
-def batches(x: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
-    """Consecutive batches of ``x`` as float32 arrays (reads a memory-mapped file lazily)."""
+def write_file_rows(path: str, files: Sequence[str]) -> None:
+    """A CSV of which input file is which row (``row,file``) of an output array."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["row", "file"])
+        writer.writerows(enumerate(files))
+
+
+def batches(x: np.ndarray, batch_size: int,
+            options: InputOptions | None = None) -> Iterator[np.ndarray]:
+    """Consecutive float32 batches of ``x`` (a memory-mapped file is read lazily)."""
     for start in range(0, len(x), batch_size):
-        yield np.asarray(x[start:start + batch_size], dtype=np.float32)
+        batch = np.asarray(x[start:start + batch_size], dtype=np.float32)
+        yield batch if options is None else options.apply(batch)
 
 
-def _one_line(err: BaseException) -> str:
+def _one_line(err: BaseException | str) -> str:
     return " ".join(str(err).split()) or type(err).__name__
+
+
+def output_folder(folder: str, option: str = "--out") -> None:
+    """Makes sure the folder that ``option`` writes into exists; says so when it creates it."""
+    folder = folder or "."
+    if os.path.isdir(folder):
+        return
+    if os.path.exists(folder):
+        raise UserError(f"{option} writes into '{folder}', which is a file, not a folder.")
+    try:
+        os.makedirs(folder)
+    except OSError as err:
+        raise UserError(f"{option} writes into the folder '{folder}', which does not exist and "
+                        f"cannot be created ({err.strerror or _one_line(err)}).") from err
+    print(f"Created the folder '{folder}' ({option}'s folder did not exist).")

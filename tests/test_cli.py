@@ -82,8 +82,9 @@ def _finish(process: subprocess.Popen) -> tuple[int, str, str]:
 
 
 def _error_line(stderr: str) -> str:
-    """The command's own stderr lines (TensorFlow's start-up chatter removed)."""
-    lines = [line for line in stderr.splitlines() if line.startswith("innv-pattern")]
+    """The command's one error line (TensorFlow's start-up chatter and warnings removed)."""
+    lines = [line for line in stderr.splitlines()
+             if line.startswith("innv-pattern") and ": error: " in line]
     assert len(lines) == 1, stderr
     assert "Traceback" not in stderr
     return lines[0]
@@ -224,7 +225,7 @@ def test_explain_every_method_on_npz_and_folder(files, tmp_path, capsys):
         assert main(["explain", "--model", files["model.keras"], "--method", method, "--input",
                      files["x.npz"], "--key", "images", "--out", out + ".png", *extra]) == 0
         assert np.load(out + ".npy").shape == (48,) + SHAPE
-    assert "(figure: the first 16)" in capsys.readouterr().out
+    assert ".png' (the first 16)" in capsys.readouterr().out
     out = str(tmp_path / "folder")
     assert main(["explain", "--model", files["model.keras"], "--method", "guided_backprop",
                  "--input", files["images"], "--scale", "1/255", "--neuron", "2", "--out",
@@ -257,6 +258,14 @@ def test_evaluate_writes_reports(files, tmp_path, capsys):
     assert (out / "signal_quality.png").exists() and (out / "degradation.png").exists()
 
 
+def _truncated(path: str) -> str:
+    """A copy of an HDF5 file cut in half: still HDF5 by its signature, but damaged."""
+    cut = path.replace(".h5", ".truncated.h5")
+    data = Path(path).read_bytes()
+    Path(cut).write_bytes(data[: len(data) // 2])
+    return cut
+
+
 def _errors(files: dict[str, str], fitted: str, other: str) -> list[tuple[list[str], str]]:
     m, x = files["model.keras"], files["x.npy"]
     explain = ["explain", "--model", m, "--method", "gradient", "--out", "/tmp/never"]
@@ -266,7 +275,7 @@ def _errors(files: dict[str, str], fitted: str, other: str) -> list[tuple[list[s
         (["fit", "--model", m, "--data", "missing.npy", "--out", "p.h5"],
          "Data 'missing.npy' does not exist"),
         (["fit", "--model", files["notes.txt"], "--data", x, "--out", "p.h5"],
-         "must end in .keras or .h5"),
+         "must end in .keras, .h5 or .hdf5"),
         (["fit", "--model", files["garbage.keras"], "--data", x, "--out", "p.h5"],
          "Could not load a Keras model"),
         (["fit", "--model", files["garbage.h5"], "--data", x, "--out", "p.h5"],
@@ -288,12 +297,12 @@ def _errors(files: dict[str, str], fitted: str, other: str) -> list[tuple[list[s
          "need a model that takes images"),
         (["fit", "--model", m, "--data", files["x.npz"], "--key", "labels", "--out", "p.h5"],
          "the model takes samples shaped (12, 12, 3)"),
-        ([*explain, "--input", files["x.npy"], "--patterns", fitted],
-         "'gradient' does not use patterns"),
         (["explain", "--model", m, "--method", "pattern.net", "--input", x, "--out", "o"],
          "'pattern.net' needs --patterns P.h5"),
         (["explain", "--model", m, "--method", "pattern.net", "--input", x, "--out", "o",
-          "--patterns", files["garbage.h5"]], "cannot be read as a pattern file"),
+          "--patterns", files["garbage.h5"]], "is not an HDF5 file; --patterns takes the .h5"),
+        (["explain", "--model", m, "--method", "pattern.net", "--input", x, "--out", "o",
+          "--patterns", _truncated(fitted)], "cannot be read as a pattern file; it is truncated"),
         (["explain", "--model", files["other.keras"], "--method", "pattern.net", "--input", x,
           "--out", "o", "--patterns", fitted], "do not fit model 'other_model'"),
         (["explain", "--model", m, "--method", "pattern.net", "--input", x, "--out", "o",

@@ -1,13 +1,14 @@
 """Image degradation: curves and AOPC against hand-computed cases."""
 
 import io
+import warnings
 
 import keras
 import numpy as np
 import pytest
 
 from innv_pattern.evaluate import perturbation_curve, plot_perturbation_curves
-from innv_pattern.evaluate.perturbation import _patch_means, patch_grid
+from innv_pattern.evaluate.perturbation import _patch_means, degrading_patch_size, patch_grid
 
 
 def _one_patch_model(pattern: np.ndarray) -> keras.Model:
@@ -93,3 +94,27 @@ def test_errors_are_keras_style():
         perturbation_curve(model, x, x, patch_size=3, steps=9)
     with pytest.raises(ValueError, match="neuron_selection"):
         perturbation_curve(model, x, x, patch_size=3, neuron_selection=5)
+
+
+def test_a_curve_that_cannot_move_is_warned_about():
+    """One-pixel patches are their own mean: every curve is flat and AOPC 0, which once
+    passed silently. A random order that does not move (here: a model that ignores the
+    patches' content) is warned about too; a moving one is not."""
+    p = np.array([[1, -1, 0], [0, 1, -1], [-1, 0, 1]], np.float32)
+    model = _one_patch_model(p)
+    x = np.random.default_rng(0).uniform(0, 1, (20, 6, 6, 1)).astype(np.float32)
+    with pytest.warns(UserWarning, match="one pixel .* pass patch_size=2 or more"):
+        flat = perturbation_curve(model, x, x, patch_size=1, neuron_selection=1)
+    assert flat["aopc"] == 0.0
+    ignoring = _one_patch_model(np.zeros((3, 3), np.float32))
+    with pytest.warns(UserWarning, match="does not move .* ignores"):
+        perturbation_curve(ignoring, "random", x, patch_size=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        moving = perturbation_curve(model, "random", x, patch_size=3, neuron_selection=1)
+    assert moving["aopc"] > 0
+
+
+def test_the_degrading_default_patch_size():
+    """The paper's 9 at 224; side/8 in between; never 1 (8x8 digits get 2x2 patches)."""
+    assert [degrading_patch_size(s) for s in (224, 72, 32, 16, 8, 3)] == [9, 9, 4, 2, 2, 2]

@@ -1,6 +1,7 @@
 """rho (Eq. 1): closed forms against hand-computed values and a brute-force reference."""
 
 import io
+import warnings
 
 import keras
 import numpy as np
@@ -12,6 +13,7 @@ from innv_pattern.datasets import toy_data
 from innv_pattern.evaluate import plot_signal_quality, signal_quality
 from innv_pattern.evaluate.moments import CoMoments, batch_comoments
 from innv_pattern.evaluate._layers import select_layers
+from innv_pattern.evaluate.quality import _warn_if_above_one
 from innv_pattern.patterns import PatternComputer
 
 
@@ -222,3 +224,29 @@ def test_sampling_info_errors_and_plot(conv_model):
     depthwise = keras.Model(inp, keras.layers.DepthwiseConv2D(3, name="dw")(inp))
     with pytest.raises(ValueError, match=r"supports Dense and Conv.*\['dw'\]"):
         signal_quality(depthwise, x, x, x, estimators=("filter",))
+
+
+def test_overlapping_splits_and_rho_above_one_are_warned_about():
+    """rho measured on the data the patterns were fitted on exceeds 1 on trained networks
+    (1.1-1.4 in a digits CNN's dense layers, tests/test_cli_workflow.py): the residual holds
+    no linear trace of the output there. Shared samples are warned about, and so is a layer
+    mean above RHO_WARNING (S_a and S_a+- only: the baselines are not fitted); separate
+    splits are quiet."""
+    x, w = _two_regime_data(12000, seed=2)
+    inp = keras.Input((3,))
+    hidden = keras.layers.Dense(1, activation="relu", use_bias=False, name="h")(inp)
+    model = keras.Model(inp, keras.layers.Dense(1, name="out")(hidden))
+    model.get_layer("h").set_weights([w[:, None].astype("float32")])
+    f, r = x[:4000], x[4000:8000]
+    kw = dict(estimators=("linear",), layers=["h"], target="linear")
+    with pytest.warns(UserWarning) as records:
+        on_fit = signal_quality(model, f, r, f, **kw)
+    said = " | ".join(str(r.message) for r in records)
+    assert "4000 of the 4000 samples of fit_data are also in eval_data" in said
+    assert on_fit["linear"]["h"] == pytest.approx(1.0, abs=1e-6)      # exact on the fit data
+    with pytest.warns(UserWarning, match=r"rho above 1 \(linear 'h' 1.10\): .* not fitted on"):
+        _warn_if_above_one({"filter": {"h": 1.5}, "linear": {"h": 1.1, "out": 1.01}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        held_out = signal_quality(model, f, r, x[8000:], **kw)
+    assert held_out["linear"]["h"] <= 1.02

@@ -6,7 +6,9 @@ patches are ranked by their summed attribution (decreasing, "most relevant
 first"), and in step ``n`` the first ``n`` patches are replaced by their own
 per-channel mean.  The curve is the softmax probability of the output
 selected on the unperturbed image, averaged over images; a steeper decay is a
-better heat map.  The summary is the area over the perturbation curve,
+better heat map.  Patches of one pixel are their own mean: nothing changes,
+so every curve is flat; :func:`degrading_patch_size` never picks them, and a
+random-order curve that does not move raises a warning.  The summary is the area over the perturbation curve,
 ``AOPC = mean_images 1/(S+1) sum_{n=0..S} (f(x^0) - f(x^n))``.  A random
 ranking (``analysis="random"``) is the baseline.
 
@@ -25,13 +27,16 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import warnings
+
 import numpy as np
 import tensorflow as tf
 
 from innv_pattern.canonize import canonize
 from innv_pattern.evaluate._common import figure_axes
 
-__all__ = ["aopc", "patch_grid", "perturbation_curve", "plot_perturbation_curves"]
+__all__ = ["aopc", "degrading_patch_size", "patch_grid", "perturbation_curve",
+           "plot_perturbation_curves"]
 
 
 def patch_grid(height: int, width: int, patch_size: int) -> np.ndarray:
@@ -46,6 +51,19 @@ def patch_grid(height: int, width: int, patch_size: int) -> np.ndarray:
     cols = -(-width // patch_size)
     rows = np.arange(height)[:, None] // patch_size
     return rows * cols + np.arange(width)[None, :] // patch_size
+
+
+def degrading_patch_size(side: int) -> int:
+    """The paper's 9x9 patches for images of 72 pixels or more, else ``side // 8``, at least 2.
+
+    A one-pixel patch replaced by its own mean is unchanged, so 2 is the
+    smallest size whose curve can move (8x8 digits: 16 patches of 2x2).
+
+    Example:
+        >>> degrading_patch_size(224), degrading_patch_size(32), degrading_patch_size(8)
+        (9, 4, 2)
+    """
+    return max(2, min(9, int(side) // 8))
 
 
 def aopc(curve: np.ndarray) -> float:
@@ -147,9 +165,28 @@ def perturbation_curve(model: Any, analysis: Any, x: Any, patch_size: int = 9,
     for n in range(1, steps + 1):
         mask = (rank < n)[..., None]
         per_sample[:, n] = scores_fn(np.where(mask, blurred, x))[rows, selected]
+    if (analysis is None or patch_size == 1) and steps > 0:
+        _warn_if_flat(per_sample, int(patch_size), output)
     return {"steps": np.arange(steps + 1), "curve": per_sample.mean(0), "per_sample": per_sample,
             "aopc": aopc(per_sample), "selected": selected, "patches": patches,
             "patch_size": int(patch_size)}
+
+
+def _warn_if_flat(per_sample: np.ndarray, patch_size: int, output: str) -> None:
+    """Warns when no image's curve moves: every AOPC is then 0 and says nothing."""
+    moved = np.max(np.abs(per_sample - per_sample[:, :1]))
+    if moved > 1e-6 * max(1.0, float(np.max(np.abs(per_sample)))):
+        return
+    if patch_size == 1:
+        cause = ("patches of one pixel are replaced by their own mean, which changes nothing; "
+                 "pass patch_size=2 or more")
+    elif output == "probability":
+        cause = ("the model ignores what the patch means remove, or its softmax is saturated; "
+                 "try output='logit' or larger patches")
+    else:
+        cause = "the model ignores what the patch means remove; try larger patches"
+    warnings.warn(f"The degradation curve does not move (every AOPC is 0): {cause}.",
+                  stacklevel=3)
 
 
 def _score_function(model: Any, output: str, batch_size: int) -> Any:

@@ -48,6 +48,12 @@ models (``tests/test_evaluate_quality.py`` builds such data: ``S_a+-`` gets 1,
 ``benchmarks/results/quality.md`` records both readings.  On held-out data
 the correlation can come out negative (rho a little above 1): it is
 reported as measured, not clipped, so that means over neurons are unbiased.
+Measured on the data the patterns were fitted on, rho of ``S_a`` and
+``S_a+-`` comes out well above 1 (1.1-1.4 on a digits CNN): there the residual
+holds no linear trace of the output by construction, and the read-out fitted
+on other data finds noise of the wrong sign.  :func:`signal_quality` warns when
+a layer's mean rho exceeds :data:`RHO_WARNING` and when ``eval_data`` (arrays)
+share samples with ``fit_data`` or ``regression_data``.
 
 Example:
     >>> import keras, numpy as np
@@ -82,6 +88,8 @@ __all__ = ["ESTIMATORS", "plot_signal_quality", "signal_quality"]
 
 ESTIMATORS = ("random", "filter", "linear", "two_component")
 TARGETS = ("rectified", "linear")
+#: A layer's mean rho above this (for S_a or S_a+-) raises a warning: estimation noise stays below.
+RHO_WARNING = 1.02
 
 
 def _readouts(cov: Mapping[str, np.ndarray], estimators: Mapping[str, tuple],
@@ -317,7 +325,10 @@ def signal_quality(model: keras.Model, fit_data: Any, regression_data: Any, eval
         raise ValueError(f"signal_quality handles models with one input; model '{model.name}' "
                          f"has {len(graph.inputs)}.")
     chosen = select_layers(graph, layers, max_neurons, target, seed)
-    if patterns is None and {"linear", "two_component"} & set(estimators):
+    fitted = patterns is None and bool({"linear", "two_component"} & set(estimators))
+    _warn_if_shared(eval_data, {"fit_data": fit_data if fitted else None,
+                                "regression_data": regression_data})
+    if fitted:
         patterns = _fit_patterns(model, fit_data, estimators, batch_size)
     times = {"fit": time.perf_counter() - start}
     regression = _accumulate(graph, chosen, regression_data, batch_size, max_positions, seed)
@@ -331,6 +342,7 @@ def signal_quality(model: keras.Model, fit_data: Any, regression_data: Any, eval
                              readouts)
     times["evaluation"] = time.perf_counter() - start - sum(times.values())
     rho, info = _collect(chosen, estimators, regression, evaluation, per_neuron)
+    _warn_if_above_one(rho)
     info["_seconds"] = times
     return (rho, info) if return_info else rho
 
@@ -344,6 +356,35 @@ def _check_arguments(estimators: Sequence[str], target: str, max_neurons: int | 
     if any(v is not None and int(v) < 1 for v in (max_neurons, max_positions)) or ridge <= 0:
         raise ValueError(f"max_neurons and max_positions must be None or >= 1 and ridge > 0; "
                          f"received {max_neurons!r}, {max_positions!r}, {ridge!r}.")
+
+
+def _warn_if_shared(eval_data: Any, others: Mapping[str, Any]) -> None:
+    """Warns when arrays ``eval_data`` and ``others`` hold the same samples."""
+    if not isinstance(eval_data, np.ndarray) or eval_data.ndim < 1:
+        return
+    seen = {hash(row.tobytes()) for row in np.ascontiguousarray(eval_data)}
+    for name, data in others.items():
+        if not isinstance(data, np.ndarray) or data.shape[1:] != eval_data.shape[1:]:
+            continue
+        shared = sum(hash(row.tobytes()) in seen for row in np.ascontiguousarray(data))
+        if shared:
+            warnings.warn(f"{shared} of the {len(data)} samples of {name} are also in eval_data: "
+                          "rho is measured on held-out data (the paper's three splits); on "
+                          "overlapping splits it is biased (above 1 on the fitting data).",
+                          stacklevel=3)
+
+
+def _warn_if_above_one(rho: Mapping[str, Mapping[str, Any]]) -> None:
+    """Warns about layers whose mean rho of S_a or S_a+- exceeds :data:`RHO_WARNING`."""
+    high = [f"{kind} '{layer}' {float(np.nanmean(value)):.2f}"
+            for kind in ("linear", "two_component") for layer, value in rho.get(kind, {}).items()
+            if np.nanmean(value) > RHO_WARNING]
+    if high:
+        warnings.warn(f"rho above 1 ({', '.join(high)}): the read-out correlates negatively "
+                      "with the output on eval_data. This is what data the patterns were fitted "
+                      "on give (the residual holds no linear trace of the output there); "
+                      "measure rho on data the patterns were not fitted on. Few samples per "
+                      "input dimension (return_info=True) also bias rho upwards.", stacklevel=3)
 
 
 def _collect(chosen: list[EvaluatedLayer], estimators: Sequence[str],
