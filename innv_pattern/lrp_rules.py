@@ -1,12 +1,12 @@
 """The LRP and Deep Taylor rules of a kernel layer beyond the z-rule.
 
 Each rule back-propagates relevance through a kernel operation ``y = W x + b``
-as one or more *groups*; a group is a sum of terms ``c * W_t v_t`` (a kernel
+as one or more *groups*; a group is a sum of terms ``W_t v_t`` (a kernel
 ``W_t`` derived from ``W`` applied to an input ``v_t`` derived from ``x``) with
-the denominator ``z = sum_t c W_t v_t`` (plus the bias where the rule counts
+the denominator ``z = sum_t W_t v_t`` (plus the bias where the rule counts
 it).  The relevance ``R`` arriving at ``y`` gives each input
 
-    ``R_x = sum_groups weight * sum_t c * v_t * W_t^T (R / z)``,
+    ``R_x = sum_groups weight * sum_t v_t * W_t^T (R / z)``,
 
 zero where a denominator is exactly zero.  The forward pass is the operation's
 own, so these rules, like :class:`innv_pattern.rules.ZRule`, cost one forward
@@ -19,8 +19,15 @@ rule                   groups (``x+ = max(x, 0)``, ``W+ = max(W, 0)``, ...)
 ``ZPlusFastRule``      ``x W+`` (assumes ``x >= 0``)
 ``WSquareRule``        ``1 W**2`` (the input does not matter)
 ``FlatRule``           ``1 1`` (every weight one)
-``BoundedRule``        ``x W - low W+ - high W-`` (z-box, Deep Taylor's z^B)
+``BoundedRule``        ``(x - low) W+ + (x - high) W-`` (z-box, Deep Taylor's z^B)
 =====================  ==========================================================
+
+Every term of a group has one sign (``x+ W+ >= 0``, ``(x - low) W+ >= 0``, ...),
+so a denominator is exactly zero only where all its terms are, and then
+nothing is lost by passing nothing back.  (The z-box rule written as
+``x W - low W+ - high W-``, as iNNvestigate computes it, is the same sum; in
+float32 it leaves round-off where an input sits at its bounds, which a
+near-zero denominator then amplifies.)
 
 iNNvestigate 2.1.2's semantics, which the conformance tests pin: the
 alpha-beta rule with ``bias=True`` adds the whole bias ``b = b+ + b-`` to both
@@ -45,8 +52,8 @@ from innv_pattern.rules import Rule, _forward_fn, _vjp, _with_backward
 __all__ = ["AlphaBetaRule", "BoundedRule", "FlatRule", "TermsRule", "WSquareRule",
            "ZPlusFastRule"]
 
-#: ``[(weight, [(c, v, W_t), ...], with_bias), ...]``
-Groups = list[tuple[float, list[tuple[float, tf.Tensor, tf.Tensor]], bool]]
+#: ``[(weight, [(v, W_t), ...], with_bias), ...]``
+Groups = list[tuple[float, list[tuple[tf.Tensor, tf.Tensor]], bool]]
 
 
 class TermsRule(Rule):
@@ -70,10 +77,10 @@ class TermsRule(Rule):
         def backward(xs: tuple, y: tf.Tensor, g: tf.Tensor) -> list[tf.Tensor]:
             total = None
             for weight, terms, with_bias in self.groups(xs[0], kernel):
-                z = _sum(c * op.linear(v, w) for c, v, w in terms)
+                z = _sum(op.linear(v, w) for v, w in terms)
                 s = tf.math.divide_no_nan(g, z + bias if with_bias and bias is not None else z)
-                part = _sum(c * v * _vjp(lambda u, w=w: op.linear(u, w), [v], s)[0]
-                            for c, v, w in terms)
+                part = _sum(v * _vjp(lambda u, w=w: op.linear(u, w), [v], s)[0]
+                            for v, w in terms)
                 total = weight * part if total is None else total + weight * part
             return [total]
 
@@ -98,9 +105,9 @@ class AlphaBetaRule(TermsRule):
         bias = bool(self.settings.get("bias", True))
         xp, xn = tf.nn.relu(x), tf.minimum(x, 0.0)
         wp, wn = tf.nn.relu(kernel), tf.minimum(kernel, 0.0)
-        found = [(alpha, [(1.0, xp, wp), (1.0, xn, wn)], bias)]
+        found = [(alpha, [(xp, wp), (xn, wn)], bias)]
         if beta:
-            found.append((-beta, [(1.0, xp, wn), (1.0, xn, wp)], bias))
+            found.append((-beta, [(xp, wn), (xn, wp)], bias))
         return found
 
 
@@ -110,21 +117,21 @@ class ZPlusFastRule(TermsRule):
     proportional = True
 
     def groups(self, x: tf.Tensor, kernel: tf.Tensor) -> Groups:
-        return [(1.0, [(1.0, x, tf.nn.relu(kernel))], False)]
+        return [(1.0, [(x, tf.nn.relu(kernel))], False)]
 
 
 class WSquareRule(TermsRule):
     """Deep Taylor's w**2 rule: relevance in proportion to the squared weights."""
 
     def groups(self, x: tf.Tensor, kernel: tf.Tensor) -> Groups:
-        return [(1.0, [(1.0, tf.ones_like(x), tf.square(kernel))], False)]
+        return [(1.0, [(tf.ones_like(x), tf.square(kernel))], False)]
 
 
 class FlatRule(TermsRule):
     """LRP-flat: relevance spread evenly over each output's receptive field."""
 
     def groups(self, x: tf.Tensor, kernel: tf.Tensor) -> Groups:
-        return [(1.0, [(1.0, tf.ones_like(x), tf.ones_like(kernel))], False)]
+        return [(1.0, [(tf.ones_like(x), tf.ones_like(kernel))], False)]
 
 
 class BoundedRule(TermsRule):
@@ -136,10 +143,9 @@ class BoundedRule(TermsRule):
     setting_names = ("low", "high")
 
     def groups(self, x: tf.Tensor, kernel: tf.Tensor) -> Groups:
-        low = tf.cast(self.settings.get("low", -1.0), x.dtype) + tf.zeros_like(x)
-        high = tf.cast(self.settings.get("high", 1.0), x.dtype) + tf.zeros_like(x)
-        terms = [(1.0, x, kernel), (-1.0, low, tf.nn.relu(kernel)),
-                 (-1.0, high, tf.minimum(kernel, 0.0))]
+        low = tf.cast(self.settings.get("low", -1.0), x.dtype)
+        high = tf.cast(self.settings.get("high", 1.0), x.dtype)
+        terms = [(x - low, tf.nn.relu(kernel)), (x - high, tf.minimum(kernel, 0.0))]
         return [(1.0, terms, False)]
 
 

@@ -160,3 +160,65 @@ def from_keras(model) -> Net:
         else:
             raise ValueError(name)
     return Net(layers)
+
+
+# --------------------------------------------------------------------------
+# Single-layer LRP rules, from each connection's contribution.
+# --------------------------------------------------------------------------
+def _contributions(rule: str, p: np.ndarray, ones: np.ndarray, w: np.ndarray,
+                   settings: dict) -> list[tuple[float, np.ndarray, bool]]:
+    """``[(weight, c, with_bias)]``: c[..., k, d] is what input k gives output d in a group."""
+    if rule in ("w_square", "flat"):
+        kernel = w ** 2 if rule == "w_square" else np.ones_like(w)
+        return [(1.0, ones[..., :, None] * kernel, False)]
+    if rule == "z_plus_fast":
+        return [(1.0, p[..., :, None] * np.maximum(w, 0), False)]
+    if rule == "z_box":
+        low = np.broadcast_to(settings["low"], p.shape)[..., :, None]
+        high = np.broadcast_to(settings["high"], p.shape)[..., :, None]
+        c = p[..., :, None] * w - low * np.maximum(w, 0) - high * np.minimum(w, 0)
+        return [(1.0, c * (ones[..., :, None] != 0), False)]  # padding contributes nothing
+    c = p[..., :, None] * w                                    # alpha-beta: by sign of x w
+    bias = settings.get("bias", True)
+    return [(settings["alpha"], np.maximum(c, 0), bias),
+            (-settings["beta"], np.minimum(c, 0), bias)]
+
+
+def rule_backward(rule: str, p: np.ndarray, ones: np.ndarray, w: np.ndarray, b: np.ndarray,
+                  r: np.ndarray, **settings) -> np.ndarray:
+    """Relevance of the inputs ``p`` (..., K) of ``y = p w + b`` given ``r`` (..., D).
+
+    ``ones`` marks real inputs (1) and padding (0) like ``p``. Each group's
+    denominator is the sum of its contributions (plus ``b``); a zero
+    denominator passes nothing.
+    """
+    total = np.zeros(p.shape)
+    for weight, c, with_bias in _contributions(rule, p, ones, w, settings):
+        z = c.sum(axis=-2) + (b if with_bias else 0.0)
+        s = np.divide(r, z, out=np.zeros_like(r), where=z != 0)
+        total += weight * (c * s[..., None, :]).sum(axis=-1)
+    return total
+
+
+def dense_rule(rule: str, x: np.ndarray, w: np.ndarray, b: np.ndarray, r: np.ndarray,
+               **settings) -> np.ndarray:
+    """A Dense layer's input relevance under ``rule`` (float64)."""
+    x = x.astype(np.float64)
+    return rule_backward(rule, x, np.ones_like(x), w.astype(np.float64),
+                         b.astype(np.float64), r.astype(np.float64), **settings)
+
+
+def conv_rule(rule: str, x: np.ndarray, w: np.ndarray, b: np.ndarray, r: np.ndarray,
+              stride: int, padding: str, **settings) -> np.ndarray:
+    """A Conv2D layer's input relevance under ``rule``, with explicit patches (float64)."""
+    x = x.astype(np.float64)
+    kh, kw, c, d = w.shape
+    p = patches(x, kh, kw, stride, padding)
+    ones = patches(np.ones_like(x), kh, kw, stride, padding)
+    flat = p.shape[:3] + (kh * kw * c,)
+    if "low" in settings:  # bounds shaped like x become patches of bounds
+        settings = {k: patches(np.broadcast_to(v, x.shape).astype(np.float64), kh, kw, stride,
+                               padding).reshape(flat) for k, v in settings.items()}
+    got = rule_backward(rule, p.reshape(flat), ones.reshape(flat), w.reshape(-1, d).astype(
+        np.float64), b.astype(np.float64), r.astype(np.float64), **settings)
+    return patches_transpose(got.reshape(p.shape), x.shape, stride, padding)
