@@ -100,11 +100,22 @@ class _Sampling(Gradient):
 
 @register
 class SmoothGrad(_Sampling):
-    """SmoothGrad (Smilkov et al.): the mean gradient over noisy copies.
+    """SmoothGrad (Smilkov et al., 2017): the mean gradient over noisy copies.
+
+    The noise is absolute by default (``noise_scale``, iNNvestigate's argument
+    and default, standard deviation 1), so results match iNNvestigate and its
+    reference files.  An absolute scale suits inputs of unit scale only: on
+    0-255 images SmoothGrad is then the gradient, on [-1, 1] images mostly
+    noise.  ``noise_level`` is the paper's relative noise instead: the standard
+    deviation is that fraction of each input's range (``max - min`` of each
+    sample, per model input); the paper recommends 0.1-0.2.
 
     Args:
         augment_by_n: Number of noisy copies.
-        noise_scale: Standard deviation of the Gaussian noise.
+        noise_scale: Standard deviation of the Gaussian noise (default 1.0,
+            absolute).
+        noise_level: The standard deviation as a fraction of each sample's
+            range; give this or ``noise_scale``, not both.
         seed: Seed of the noise (analyses are reproducible).
     """
 
@@ -114,16 +125,31 @@ class SmoothGrad(_Sampling):
     kind = "function"
 
     def __init__(self, model: keras.Model, neuron_selection_mode: str = "max_activation",
-                 augment_by_n: int = 64, noise_scale: float = 1.0, seed: int = 0) -> None:
-        if int(augment_by_n) < 1 or not noise_scale >= 0:
-            raise ValueError("augment_by_n must be >= 1 and noise_scale >= 0; received "
-                             f"augment_by_n={augment_by_n!r}, noise_scale={noise_scale!r}.")
-        self.n, self.noise_scale = int(augment_by_n), float(noise_scale)
+                 augment_by_n: int = 64, noise_scale: float | None = None,
+                 noise_level: float | None = None, seed: int = 0) -> None:
+        if noise_scale is not None and noise_level is not None:
+            raise ValueError("Give noise_scale (absolute) or noise_level (a fraction of each "
+                             f"input's range), not both; received noise_scale={noise_scale!r}, "
+                             f"noise_level={noise_level!r}.")
+        noise_scale = 1.0 if noise_scale is None and noise_level is None else noise_scale
+        amount = noise_scale if noise_level is None else noise_level
+        if int(augment_by_n) < 1 or not amount >= 0:
+            raise ValueError("augment_by_n must be >= 1 and the noise >= 0; received "
+                             f"augment_by_n={augment_by_n!r}, noise_scale={noise_scale!r}, "
+                             f"noise_level={noise_level!r}.")
+        self.n = int(augment_by_n)
+        self.noise_scale = None if noise_scale is None else float(noise_scale)
+        self.noise_level = None if noise_level is None else float(noise_level)
         self._rng = tf.random.Generator.from_seed(seed)
         super().__init__(model, neuron_selection_mode)
 
     def _augment(self, x: tf.Tensor, i: tf.Tensor) -> tf.Tensor:
-        return x + self._rng.normal(tf.shape(x), stddev=self.noise_scale, dtype=x.dtype)
+        if self.noise_level is None:
+            return x + self._rng.normal(tf.shape(x), stddev=self.noise_scale, dtype=x.dtype)
+        axes = list(range(1, len(x.shape)))
+        spread = tf.reduce_max(x, axis=axes, keepdims=True) - tf.reduce_min(x, axis=axes,
+                                                                             keepdims=True)
+        return x + self._rng.normal(tf.shape(x), dtype=x.dtype) * (self.noise_level * spread)
 
 
 @register
