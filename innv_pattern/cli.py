@@ -40,7 +40,8 @@ from innv_pattern.cli_args import (Parser, add_data_options, add_pattern_options
                                    input_options, non_negative, positive)
 from innv_pattern.cli_io import (InputOptions, UserError, batches, check_exists,  # noqa: E402
                                  fit_to_model, load_array, load_image_folder, load_model,
-                                 output_folder, read_inputs, write_file_rows, IMAGE_SUFFIXES)
+                                 output_folder, read_inputs, with_input_shape, write_file_rows,
+                                 IMAGE_SUFFIXES)
 from innv_pattern.cli_patterns import check_input_scale, load_patterns  # noqa: E402
 
 __all__ = ["build_parser", "main"]
@@ -215,12 +216,13 @@ def _run_fit(args: argparse.Namespace) -> None:
     options = input_options(args)
     from innv_pattern.patterns import PatternComputer
 
+    data, batch_size, sample_shape = _fit_data(args, model, options)
+    model = with_input_shape(model, sample_shape)
     pattern_type = ("linear", "relu") if args.pattern_type == "linear+relu" else args.pattern_type
     computer = PatternComputer(model, pattern_type=pattern_type, strategy=strategy)
     if args.resume:
         computer.load_state(*args.resume)
         print(f"Resuming from {computer.samples_seen} samples in {', '.join(args.resume)}.")
-    data, batch_size = _fit_data(args, model, options)
     resumed, partial = computer.samples_seen, _partial_path(args.out)
     checkpoint = partial if args.checkpoint_every else None
     try:
@@ -260,11 +262,13 @@ def _save_partial(computer: Any, partial: str, resumed: int, skipped: int,
 
 
 def _fit_data(args: argparse.Namespace, model: Any,
-              options: InputOptions) -> tuple[Any, int | None]:
-    """The data to fit on and the batch size to pass (``None`` when already batched)."""
+              options: InputOptions) -> tuple[Any, int | None, tuple[int, ...]]:
+    """The data to fit on, the batch size to pass (``None`` when already batched) and the
+    shape of a sample."""
     if os.path.isdir(args.data):
-        return load_image_folder(args.data, model.input_shape, options, args.batch_size,
-                                 args.skip), None
+        data = load_image_folder(args.data, model.input_shape, options, args.batch_size,
+                                 args.skip)
+        return data, None, tuple(data.element_spec.shape[1:])
     if args.data.lower().endswith(IMAGE_SUFFIXES):       # one image: options applied here
         x, options = read_inputs(args.data, None, model.input_shape, options)[0], InputOptions()
     else:
@@ -273,8 +277,8 @@ def _fit_data(args: argparse.Namespace, model: Any,
         raise UserError(f"--skip {args.skip} leaves no data: '{args.data}' has {len(x)} samples.")
     x = x[args.skip:]
     if x.nbytes <= 2**30:
-        return options.apply(x), args.batch_size
-    return batches(x, args.batch_size, options), None      # larger files: read batch by batch
+        return options.apply(x), args.batch_size, x.shape[1:]
+    return batches(x, args.batch_size, options), None, x.shape[1:]  # read batch by batch
 
 
 def _is_chief(strategy: Any) -> bool:

@@ -37,7 +37,7 @@ __all__ = [
     "check_exists", "fit_to_model", "image_files", "load_array", "load_image_folder",
     "load_images", "load_model", "output_folder", "parse_number", "parse_size",
     "preprocess_function",
-    "read_inputs", "write_file_rows",
+    "read_inputs", "with_input_shape", "write_file_rows",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -155,6 +155,24 @@ def load_model(path: str) -> Any:
         raise UserError(f"Model '{model.name}' in '{path}' has {len(model.inputs)} inputs; the "
                         "command line handles single-input models (use the Python API otherwise).")
     return model
+
+
+def with_input_shape(model: Any, sample_shape: Sequence[int]) -> Any:
+    """``model``, or where it takes inputs of any size a copy fixed to ``sample_shape``.
+
+    Pattern fitting needs fixed shapes; the copy has the same layers and
+    weights, so its patterns fit ``model`` too.
+    """
+    import keras
+
+    if None not in model.input_shape[1:]:
+        return model
+    copy = keras.models.clone_model(
+        model, input_tensors=keras.Input(tuple(sample_shape), dtype=model.inputs[0].dtype))
+    copy.set_weights(model.get_weights())
+    print(f"The model takes inputs of any size; fitting on {_shape_text(tuple(sample_shape))} "
+          "(the patterns fit every size).")
+    return copy
 
 
 def load_array(path: str, key: str | None = None) -> np.ndarray:
