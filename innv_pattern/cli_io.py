@@ -16,8 +16,8 @@ Example:
     >>> np.save(path, np.zeros((5, 8, 8), "float32"))
     >>> fit_to_model(load_array(path), (None, 8, 8, 1), path).shape   # channel axis added
     (5, 8, 8, 1)
-    >>> InputOptions(scale=2.0, offset=-1.0).apply(np.array([0.0, 0.5, 1.0]))
-    array([-1.,  0.,  1.])
+    >>> InputOptions(scale=2.0, offset=-1.0).apply(np.array([0.0, 0.5, 1.0])).tolist()
+    [-1.0, 0.0, 1.0]
 """
 
 from __future__ import annotations

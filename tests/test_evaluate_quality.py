@@ -13,6 +13,7 @@ from innv_pattern.datasets import toy_data
 from innv_pattern.evaluate import plot_signal_quality, signal_quality
 from innv_pattern.evaluate.moments import CoMoments, batch_comoments
 from innv_pattern.evaluate._layers import select_layers
+from conftest import randomize_biases
 from innv_pattern.evaluate.quality import _warn_if_above_one
 from innv_pattern.patterns import PatternComputer
 
@@ -221,9 +222,9 @@ def test_sampling_info_errors_and_plot(conv_model):
     with pytest.raises(ValueError, match="Unknown layer"):
         signal_quality(conv_model, x, x, x, layers=["nope"])
     inp = keras.Input((5, 5, 2))
-    depthwise = keras.Model(inp, keras.layers.DepthwiseConv2D(3, name="dw")(inp))
-    with pytest.raises(ValueError, match=r"supports Dense and Conv.*\['dw'\]"):
-        signal_quality(depthwise, x, x, x, estimators=("filter",))
+    grouped = keras.Model(inp, keras.layers.Conv2D(4, 3, groups=2, name="g")(inp))
+    with pytest.raises(ValueError, match=r"but not grouped ones; received \['g'\]"):
+        signal_quality(grouped, x, x, x, estimators=("filter",))
 
 
 def test_overlapping_splits_and_rho_above_one_are_warned_about():
@@ -250,3 +251,90 @@ def test_overlapping_splits_and_rho_above_one_are_warned_about():
         warnings.simplefilter("error", UserWarning)
         held_out = signal_quality(model, f, r, x[8000:], **kw)
     assert held_out["linear"]["h"] <= 1.02
+
+
+def _layer_kinds_model() -> keras.Model:
+    """Depthwise (multiplier 2, stride 2), separable and transposed convolutions, 1D and 2D."""
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((9, 9, 2))
+    x = keras.layers.DepthwiseConv2D(3, strides=2, padding="same", depth_multiplier=2,
+                                     activation="relu", name="dw")(inp)
+    x = keras.layers.SeparableConv2D(3, 3, padding="same", activation="relu", name="sep")(x)
+    x = keras.layers.Conv2DTranspose(4, 3, strides=2, padding="same", activation="relu",
+                                     name="up")(x)
+    x = keras.layers.Reshape((100, 4))(x)
+    x = keras.layers.Conv1DTranspose(2, 3, strides=2, name="up1d")(x)
+    return randomize_biases(keras.Model(inp, keras.layers.Dense(3, name="out")(
+        keras.layers.Flatten()(x))))
+
+
+def test_depthwise_separable_and_transposed_patches_reproduce_each_neuron():
+    """Every evaluated neuron's output is its input samples times its kernel column: a
+    depthwise filter reads its own channel's patch, a transposed convolution's output
+    position the inputs its kernel taps reach."""
+    model = _layer_kinds_model()
+    x = tf.constant(np.random.default_rng(0).normal(size=(2, 9, 9, 2)).astype("float32"))
+    graph = canonize(model)
+    _, values = graph.run([x], keep=True)
+    chosen = select_layers(graph, None, None, "rectified", 0)
+    assert {layer.op.name for layer in chosen} == {"dw", "sep/depthwise", "sep/pointwise", "up",
+                                                   "up1d", "out"}
+    assert sum(layer.op.name == "dw" for layer in chosen) == 2        # one per input channel
+    for layer in chosen:
+        op = layer.op
+        y = op.linear(values[op.inputs[0]], op.get_kernel()).numpy()
+        y = np.moveaxis(y, op.channel_axis, -1).reshape(2, -1, y.shape[op.channel_axis])
+        patches = layer.patches(values[op.inputs[0]]).numpy()
+        np.testing.assert_allclose(patches @ layer.kernel_matrix().numpy(),
+                                   y[..., layer.neurons], atol=1e-4, err_msg=layer.key)
+    data = np.random.default_rng(1).normal(size=(60, 9, 9, 2)).astype("float32")
+    rho, info = signal_quality(model, data[:20], data[20:40], data[40:], return_info=True)
+    assert set(rho["two_component"]) == {layer.op.name for layer in chosen}   # it once failed
+    assert info["dw"]["neurons"] == info["dw"]["neurons_total"] == 4
+    assert all(np.isfinite(v) for by_layer in rho.values() for v in by_layer.values())
+
+
+def test_depthwise_rho_matches_brute_force_per_channel():
+    """A depthwise neuron's rho, against the explicit regression on its own channel's patches."""
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((7, 7, 2))
+    hidden = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, activation="relu", name="dw")
+    model = randomize_biases(keras.Model(inp, keras.layers.Dense(2)(
+        keras.layers.Flatten()(hidden(inp)))))
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=(1500, 7, 7, 2)) + rng.normal(size=(1500, 1, 1, 2))).astype("float32")
+    f, r, e = x[:500], x[500:1000], x[1000:]
+    patterns = PatternComputer(model, "relu").compute(f, verbose=0)
+    rho = signal_quality(model, None, r, e, estimators=("filter", "two_component"),
+                         patterns=patterns, per_neuron=True, ridge=1e-12, layers=["dw"])
+    kernel, bias = (v.numpy().astype(np.float64) for v in (hidden.kernel, hidden.bias))
+    a_pos = patterns.for_type("relu.positive")["dw"].astype(np.float64)
+    a_neg = patterns.for_type("relu.negative")["dw"].astype(np.float64)
+    for j in range(4):
+        c, m = divmod(j, 2)
+        p2, p3 = (_numpy_patches(s[..., c:c + 1].astype(np.float64), 3, 1, "valid").reshape(
+            -1, 9) for s in (r, e))
+        w = kernel[:, :, c, m].ravel()
+        ap, an = a_pos[:, :, c, m].ravel(), a_neg[:, :, c, m].ravel()
+        expected = _brute_rho(p2, p3, w, bias[j], ap / (w @ ap), an / (w @ an), True)
+        assert rho["two_component"]["dw"][j] == pytest.approx(expected, abs=2e-4)
+        expected = _brute_rho(p2, p3, w, bias[j], w / (w @ w), w / (w @ w), True)
+        assert rho["filter"]["dw"][j] == pytest.approx(expected, abs=2e-4)
+
+
+def test_a_covariance_too_large_is_refused_before_any_work():
+    """A dense layer with 131072 inputs asked for a 131072 x 131072 covariance (137 GB in
+    float64) and died in an out-of-memory traceback; now it is named, with what to pass."""
+    inp = keras.Input((131072,))
+    wide = keras.Model(inp, keras.layers.Dense(2, name="wide")(inp))
+    x = np.zeros((4, 131072), np.float32)
+    with pytest.raises(ValueError, match=r"'wide' \d+\.\d GiB \(131072 inputs: a 131072x131072 "
+                       r"covariance\)\. Leave it out with layers=\[\]"):
+        signal_quality(wide, x, x, x, estimators=("filter",))
+    inp = keras.Input((2048,))
+    two = keras.Model(inp, keras.layers.Dense(2, name="wide")(
+        keras.layers.Dense(3, activation="relu", name="narrow")(inp)))
+    y = np.zeros((4, 2048), np.float32)
+    with pytest.raises(ValueError, match=r"'narrow' .*Leave it out with layers=\['wide'\] "
+                       r"\(on the command line: --layers wide\), or raise max_memory"):
+        signal_quality(two, y, y, y, estimators=("filter",), max_memory=2**26)

@@ -3,7 +3,12 @@
 For each kernel op: which neurons are evaluated, whether a ReLU rectifies its
 output (the ``"rectified"`` target), and, per batch, its input samples (a
 Dense input, or one convolution patch per output position) with the
-per-neuron extras ``e = (y+, y-, m)``.
+per-neuron extras ``e = (y+, y-, m)``.  Dense, Conv1D/2D/3D, transposed
+convolutions and both halves of a separable convolution are one
+:class:`EvaluatedLayer` each; a depthwise convolution is one per input
+channel (its filters read that channel alone: each filter is a neuron with
+its own input).  :func:`memory_estimate` says, before any work, what the
+covariances will take.
 
 Example:
     >>> import keras
@@ -18,7 +23,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Any, Sequence
 
 import keras
 import numpy as np
@@ -26,14 +31,9 @@ import tensorflow as tf
 
 from innv_pattern.canonize import ActivationOp, CanonicalGraph, KernelOp
 from innv_pattern.patterns.computer import regime_sources
+from innv_pattern.patterns.layout import KernelLayout, layout_of
 
-__all__ = ["EvaluatedLayer", "followed_by_relu", "select_layers"]
-
-_SUPPORTED = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
-_UNSUPPORTED = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D,
-                keras.layers.SeparableConv1D, keras.layers.SeparableConv2D,
-                keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
-                keras.layers.Conv3DTranspose)
+__all__ = ["EvaluatedLayer", "followed_by_relu", "memory_estimate", "select_layers"]
 _SIGN_KEEPING = (keras.layers.MaxPooling1D, keras.layers.MaxPooling2D, keras.layers.MaxPooling3D,
                  keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout,
                  keras.layers.Identity, keras.layers.ZeroPadding2D)
@@ -50,10 +50,31 @@ class EvaluatedLayer:
     # A rectifier gates the op's own output: the two-component estimator's regimes are the
     # sign of y + b, as samples() splits them (an op gated through an Add has other regimes).
     gated: bool = True
+    layout: KernelLayout | None = None
+    # A depthwise op's input channel whose filters this is (None: every neuron reads all).
+    channel: int | None = None
+
+    @property
+    def key(self) -> str:
+        """Unique per evaluated layer (a depthwise op's channels share the op's name)."""
+        return self.op.name if self.channel is None else f"{self.op.name}#{self.channel}"
+
+    def columns(self, array: Any) -> tf.Tensor:
+        """``(D, neurons)``: the evaluated neurons' columns of a kernel-shaped ``array``."""
+        a = tf.convert_to_tensor(array)
+        layout = self.layout or layout_of(self.op)
+        neurons = self.neurons
+        if self.channel is not None:           # this channel's depthwise filters
+            a = tf.gather(a, self.channel, axis=layout.in_axis)
+            neurons = neurons - self.channel * a.shape[-1]
+        else:                                  # the neuron axis last (transposed kernels)
+            rank = len(a.shape)
+            a = tf.transpose(a, [i for i in range(rank) if i != layout.out_axis]
+                             + [layout.out_axis])
+        return tf.gather(tf.reshape(a, [self.dim, -1]), neurons, axis=1)
 
     def kernel_matrix(self) -> tf.Tensor:
-        k = tf.reshape(self.op.get_kernel(), [self.dim, -1])
-        return tf.gather(k, self.neurons, axis=1)
+        return self.columns(self.op.get_kernel())
 
     def bias(self) -> tf.Tensor:
         b = self.op.get_bias()
@@ -92,11 +113,30 @@ class EvaluatedLayer:
                 x, [1, kh, kw, 1], [1, *layer.strides, 1], [1, *layer.dilation_rate, 1],
                 layer.padding.upper())
             return tf.reshape(p, [tf.shape(x)[0], -1, dim])
-        eye = tf.reshape(tf.eye(dim, dtype=x.dtype), tuple(self.op.kernel_shape[:-1]) + (dim,))
-        out = self.op.linear(x, eye)
+        out = self.op.linear(*self._patch_operands(x))
         axis = self.op.channel_axis % len(out.shape)
         perm = [i for i in range(len(out.shape)) if i != axis] + [axis]
         return tf.reshape(tf.transpose(out, perm), [tf.shape(x)[0], -1, dim])
+
+
+    def _patch_operands(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(x, E)`` such that ``op.linear(x, E)`` has the patches as channels.
+
+        ``E`` is the identity on the fan-in, laid out as the kernel with the
+        neuron axis (size D) where the neurons were; a depthwise channel reads
+        its own input channel with a ``(..., 1, D)`` kernel.
+        """
+        layout = self.layout or layout_of(self.op)
+        shape = list(self.op.kernel_shape)
+        eye = tf.eye(self.dim, dtype=x.dtype)
+        if self.channel is not None:
+            x = tf.gather(x, [self.channel], axis=self.op.channel_axis % len(x.shape))
+            return x, tf.reshape(eye, shape[:-2] + [1, self.dim])
+        fan_in = [d for i, d in enumerate(shape) if i != layout.out_axis]
+        moved = tf.reshape(eye, fan_in + [self.dim])
+        perm = list(range(len(shape) - 1))
+        perm.insert(layout.out_axis, len(shape) - 1)
+        return x, tf.transpose(moved, perm)
 
 
 def followed_by_relu(graph: CanonicalGraph, op: KernelOp) -> bool:
@@ -115,7 +155,7 @@ def followed_by_relu(graph: CanonicalGraph, op: KernelOp) -> bool:
 
 
 def select_layers(graph: CanonicalGraph, layers: Sequence[str] | None, max_neurons: int | None,
-                   target: str, seed: int) -> list[EvaluatedLayer]:
+                  target: str, seed: int) -> list[EvaluatedLayer]:
     ops = graph.kernel_ops
     names = [op.name for op in ops]
     if layers is not None:
@@ -123,20 +163,60 @@ def select_layers(graph: CanonicalGraph, layers: Sequence[str] | None, max_neuro
         if missing:
             raise ValueError(f"Unknown layer(s) {missing}; the model's kernel layers are {names}.")
         ops = [op for op in ops if op.name in layers]
-    bad = [op.name for op in ops if isinstance(op.layer, _UNSUPPORTED)
-           or not isinstance(op.layer, _SUPPORTED) or getattr(op.layer, "groups", 1) != 1]
+    bad = [op.name for op in ops if layout_of(op).groups != 1]
     if bad:
-        raise ValueError(f"signal_quality supports Dense and Conv1D/2D/3D layers (groups=1); "
-                         f"received {bad}. Pass layers=[...] to leave them out.")
+        raise ValueError(f"signal_quality supports Dense, convolutions (1D/2D/3D, transposed, "
+                         f"depthwise, separable) but not grouped ones; received {bad}. Pass "
+                         "layers=[...] to leave them out.")
     rng = np.random.default_rng(seed)
     sources = regime_sources(graph)
     result = []
     for op in ops:
-        total = int(op.kernel_shape[-1])
+        layout = layout_of(op)
+        total = int(np.prod([op.kernel_shape[a] for a in layout.neuron_axes]))
         neurons = np.arange(total)
         if max_neurons is not None and total > max_neurons:
             neurons = np.sort(rng.choice(total, int(max_neurons), replace=False))
-        rectified = target == "rectified" and followed_by_relu(graph, op)
-        result.append(EvaluatedLayer(op, neurons, rectified, int(np.prod(op.kernel_shape[:-1])),
-                                     sources[op.name] == op.outputs[0]))
+        common = dict(op=op, rectified=target == "rectified" and followed_by_relu(graph, op),
+                      gated=sources[op.name] == op.outputs[0], layout=layout)
+        if len(layout.neuron_axes) == 1:
+            dim = int(np.prod(op.kernel_shape)) // total
+            result.append(EvaluatedLayer(neurons=neurons, dim=dim, **common))
+            continue
+        per_channel = int(op.kernel_shape[layout.out_axis])          # depthwise: by channel
+        dim = int(np.prod(op.kernel_shape)) // total
+        for channel in np.unique(neurons // per_channel):
+            chosen = neurons[neurons // per_channel == channel]
+            result.append(EvaluatedLayer(neurons=chosen, dim=dim, channel=int(channel),
+                                         **common))
+    return result
+
+
+def memory_estimate(layers: Sequence[EvaluatedLayer],
+                    estimators: int) -> dict[str, tuple[float, float]]:
+    """Bytes ``signal_quality`` needs per op: ``(kept, transient)``.
+
+    Per evaluated layer with input size D and N neurons, ``kept`` for the
+    whole run: the float64 co-moments ``cov[x]`` (D^2) and ``cov[x, e]``
+    (3 D N); ``transient``, while a batch is summed and the read-out solved:
+    a float32 ``x^T x`` on the device, a Cholesky copy and its solve (about
+    3 more D^2, and 2 D N per estimator).  The run needs the sum of ``kept``
+    plus the largest ``transient``.
+
+    Example:
+        >>> import keras
+        >>> from innv_pattern.canonize import canonize
+        >>> inp = keras.Input((1024,))
+        >>> model = keras.Model(inp, keras.layers.Dense(8, name="d")(inp))
+        >>> kept, transient = memory_estimate(select_layers(canonize(model), None, None,
+        ...                                                 "linear", 0), 4)["d"]
+        >>> round(kept / 2**20), round(transient / 2**20)   # MiB
+        (8, 20)
+    """
+    result: dict[str, tuple[float, float]] = {}
+    for layer in layers:
+        d, n = float(layer.dim), float(len(layer.neurons))
+        kept, transient = result.get(layer.op.name, (0.0, 0.0))
+        result[layer.op.name] = (kept + 8 * d * d + 24 * d * n,
+                                 max(transient, 20 * d * d + 16 * estimators * d * n))
     return result

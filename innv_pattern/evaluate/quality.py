@@ -81,7 +81,7 @@ import tensorflow as tf
 
 from innv_pattern.canonize import CanonicalGraph, canonize
 from innv_pattern.evaluate._common import figure_axes, iter_batches
-from innv_pattern.evaluate._layers import EvaluatedLayer, select_layers
+from innv_pattern.evaluate._layers import EvaluatedLayer, memory_estimate, select_layers
 from innv_pattern.evaluate.moments import CoMoments, batch_comoments
 
 __all__ = ["ESTIMATORS", "plot_signal_quality", "signal_quality"]
@@ -189,8 +189,8 @@ def _accumulate(graph: CanonicalGraph, layers: list[EvaluatedLayer], data: Any, 
             flat, extras = layer.samples(values[layer.op.inputs[0]], max_positions,
                                          tf.stack([seed, index]))
             if readouts is not None:
-                flat, extras = _projections(flat, extras, *args[layer.op.name])
-            out[layer.op.name] = batch_comoments(flat, extras)
+                flat, extras = _projections(flat, extras, *args[layer.key])
+            out[layer.key] = batch_comoments(flat, extras)
         return out
 
     fn = tf.function(step, reduce_retracing=True, autograph=False)
@@ -229,7 +229,7 @@ def _pattern_matrix(patterns: Any, kind: str, layer: EvaluatedLayer) -> np.ndarr
     if by_layer is None or key not in by_layer:
         raise ValueError(f"No '{kind}' pattern for layer '{key}' in the patterns given; "
                          f"expected types 'linear', 'relu.positive' and 'relu.negative'.")
-    return np.asarray(by_layer[key], np.float64).reshape(layer.dim, -1)[:, layer.neurons]
+    return np.asarray(layer.columns(np.asarray(by_layer[key], np.float64)))
 
 
 def _estimator_patterns(kind: str, w: np.ndarray, layer: EvaluatedLayer, patterns: Any,
@@ -280,7 +280,8 @@ def signal_quality(model: keras.Model, fit_data: Any, regression_data: Any, eval
                    per_neuron: bool = False, patterns: Any = None,
                    layers: Sequence[str] | None = None, max_neurons: int | None = 256,
                    max_positions: int | None = None, ridge: float = 1e-4,
-                   batch_size: int = 64, seed: int = 0, return_info: bool = False) -> Any:
+                   batch_size: int = 64, seed: int = 0, return_info: bool = False,
+                   max_memory: float | None = None) -> Any:
     """rho (Eq. 1) of each signal estimator for every kernel layer of ``model``.
 
     As in the paper, the estimators are fitted on ``fit_data``, the read-out
@@ -308,6 +309,10 @@ def signal_quality(model: keras.Model, fit_data: Any, regression_data: Any, eval
         ridge: Relative ridge of the regression for ``v``.
         batch_size: Batch size for arrays.
         seed: Seed of the neuron/position subsets and of the random directions.
+        max_memory: Bytes the covariances may take (default: half the
+            machine's memory); layers that would need more are named, before
+            any work, in a ``ValueError`` (a dense layer with 131072 inputs
+            asks for a 131072 x 131072 covariance).
         return_info: Also return ``{layer: details}`` (input size, neurons
             evaluated and in all, target, samples of the regression and
             evaluation splits, neurons whose rho is undefined because their
@@ -325,6 +330,7 @@ def signal_quality(model: keras.Model, fit_data: Any, regression_data: Any, eval
         raise ValueError(f"signal_quality handles models with one input; model '{model.name}' "
                          f"has {len(graph.inputs)}.")
     chosen = select_layers(graph, layers, max_neurons, target, seed)
+    _check_memory(chosen, len(estimators), max_memory)
     fitted = patterns is None and bool({"linear", "two_component"} & set(estimators))
     _warn_if_shared(eval_data, {"fit_data": fit_data if fitted else None,
                                 "regression_data": regression_data})
@@ -334,8 +340,8 @@ def signal_quality(model: keras.Model, fit_data: Any, regression_data: Any, eval
     regression = _accumulate(graph, chosen, regression_data, batch_size, max_positions, seed)
     times["regression_moments"] = time.perf_counter() - start - sum(times.values())
     rng = np.random.default_rng(seed)
-    readouts = {layer.op.name: _layer_readouts(layer, estimators, patterns,
-                                               regression[layer.op.name].covariances(), ridge, rng)
+    readouts = {layer.key: _layer_readouts(layer, estimators, patterns,
+                                           regression[layer.key].covariances(), ridge, rng)
                 for layer in chosen}
     times["readouts"] = time.perf_counter() - start - sum(times.values())
     evaluation = _accumulate(graph, chosen, eval_data, batch_size, max_positions, seed + 1,
@@ -390,23 +396,57 @@ def _warn_if_above_one(rho: Mapping[str, Mapping[str, Any]]) -> None:
 def _collect(chosen: list[EvaluatedLayer], estimators: Sequence[str],
              regression: Mapping[str, CoMoments], evaluation: Mapping[str, CoMoments],
              per_neuron: bool) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """rho per estimator and layer from the evaluation pass, and the details."""
-    rho: dict[str, dict[str, Any]] = {e: {} for e in estimators}
+    """rho per estimator and op from the evaluation pass (a depthwise op's channels
+    together), and the details."""
+    values: dict[str, list[np.ndarray]] = {}
     info: dict[str, Any] = {}
     for layer in chosen:
-        name = layer.op.name
-        cov = evaluation[name].covariances()["ee"]          # (N, 1 + E, 1 + E): t, v^T d
+        cov = evaluation[layer.key].covariances()["ee"]      # (N, 1 + E, 1 + E): t, v^T d
         with np.errstate(invalid="ignore", divide="ignore"):
             corr = cov[:, 0, 1:] / np.sqrt(cov[:, 0, :1] * np.diagonal(cov, 0, 1, 2)[:, 1:])
+        name = layer.op.name
+        values.setdefault(name, []).append(1.0 - corr)
+        entry = info.setdefault(name, {
+            "input_dim": layer.dim, "neurons": 0, "target": "rectified" if layer.rectified
+            else "linear", "samples": [regression[layer.key].count, evaluation[layer.key].count],
+            "undefined": 0,
+            "neurons_total": int(np.prod([layer.op.kernel_shape[a]
+                                          for a in layer.layout.neuron_axes]))})
+        entry["neurons"] += len(layer.neurons)
+        entry["undefined"] += int(np.sum(~np.isfinite(corr[:, 0])))
+    rho: dict[str, dict[str, Any]] = {e: {} for e in estimators}
+    for name, parts in values.items():
+        joined = np.concatenate(parts)
         for i, kind in enumerate(estimators):
-            values = 1.0 - corr[:, i]
-            rho[kind][name] = values if per_neuron else float(np.nanmean(values))
-        info[name] = {"input_dim": layer.dim, "neurons": len(layer.neurons),
-                      "neurons_total": int(layer.op.kernel_shape[-1]),
-                      "target": "rectified" if layer.rectified else "linear",
-                      "samples": [regression[name].count, evaluation[name].count],
-                      "undefined": int(np.sum(~np.isfinite(corr[:, 0])))}
+            rho[kind][name] = joined[:, i] if per_neuron else float(np.nanmean(joined[:, i]))
     return rho, info
+
+
+def _check_memory(chosen: list[EvaluatedLayer], estimators: int, max_memory: float | None) -> None:
+    """Refuses, before any work, layers whose covariances exceed the memory budget."""
+    import os
+
+    if max_memory is None:
+        max_memory = 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    need = memory_estimate(chosen, estimators)
+    total = sum(kept for kept, _ in need.values()) + max(
+        (transient for _, transient in need.values()), default=0.0)
+    if total <= max_memory:
+        return
+    dims = {layer.op.name: layer.dim for layer in chosen}
+    worst = sorted(need, key=lambda n: -sum(need[n]))
+    large = [n for n in worst if sum(need[n]) > max_memory / 4] or worst[:1]
+    rest = [n for n in dims if n not in large]
+    raise ValueError(
+        "signal_quality would need about " + _gib(total) + f" (budget {_gib(max_memory)}): "
+        + "; ".join(f"'{n}' {_gib(sum(need[n]))} ({dims[n]} inputs: a {dims[n]}x{dims[n]} "
+                    "covariance)" for n in large)
+        + f". Leave {'them' if len(large) > 1 else 'it'} out with layers={rest} (on the "
+        f"command line: --layers {' '.join(rest) or '...'}), or raise max_memory.")
+
+
+def _gib(size: float) -> str:
+    return f"{size / 2**30:.1f} GiB"
 
 
 def _layer_readouts(layer: EvaluatedLayer, estimators: Sequence[str], patterns: Any,
