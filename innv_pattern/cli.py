@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
 import warnings
 from typing import Any, Iterator, NoReturn, Sequence
@@ -232,6 +233,10 @@ def _run_fit(args: argparse.Namespace) -> None:
                                     checkpoint_every=args.checkpoint_every or 100)
     except KeyboardInterrupt:
         _save_partial(computer, partial, resumed, args.skip, bool(checkpoint))
+    except Exception as err:
+        if not _is_lost_peer(err):
+            raise
+        raise UserError(_lost_peer_message(err, partial)) from None
     if _is_chief(strategy):
         patterns.save(args.out)
         print(f"Saved {'+'.join(patterns.types)} patterns of {len(patterns)} layers "
@@ -279,6 +284,30 @@ def _fit_data(args: argparse.Namespace, model: Any,
     if x.nbytes <= 2**30:
         return options.apply(x), args.batch_size, x.shape[1:]
     return batches(x, args.batch_size, options), None, x.shape[1:]  # read batch by batch
+
+
+def _is_lost_peer(err: BaseException) -> bool:
+    """Whether ``err`` is TensorFlow's report of a worker (or device) that stopped answering."""
+    import tensorflow as tf
+
+    return isinstance(err, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError))
+
+
+def _lost_peer_message(err: BaseException, partial: str) -> str:
+    """Which worker was lost, where the statistics are, and the command that continues."""
+    from innv_pattern.patterns import Patterns
+
+    task = re.search(r"/job:(\w+)/replica:\d+/task:(\d+)", str(err))
+    who = f"{task.group(1)} {task.group(2)}" if task else "a worker"
+    saved = 0
+    with contextlib.suppress(Exception):
+        saved = Patterns.load(partial).samples_seen
+    where = (f"the statistics of {saved} samples are in '{partial}': continue on one machine "
+             "with the same command and --strategy default (it resumes from there)" if saved
+             else "no statistics were kept (--checkpoint-every N keeps them); start again")
+    return (f"The multi-worker fit lost {who} (it stopped answering: "
+            f"{type(err).__name__}); {where}, or restart the lost worker and run the same "
+            "command on every worker.")
 
 
 def _is_chief(strategy: Any) -> bool:

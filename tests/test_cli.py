@@ -390,3 +390,30 @@ def test_partial_file_sits_next_to_out_with_or_without_an_extension():
 
     assert _partial_path("runs/vgg.patterns.h5") == "runs/vgg.patterns.partial.h5"
     assert _partial_path("runs/vgg") == "runs/vgg.partial.h5"
+
+
+def test_a_lost_worker_is_named_with_where_the_statistics_are(files, tmp_path, capsys,
+                                                              monkeypatch):
+    """A SIGKILLed worker of a multi-worker fit surfaced as a raw gRPC text ending in
+    "unexpected UnavailableError; ... report it". The survivor's error is simulated after the
+    first checkpoint, with the text TensorFlow gives."""
+    import tensorflow as tf
+
+    from innv_pattern.patterns import PatternComputer
+
+    original = PatternComputer.compute
+    grpc = ("Collective ops is aborted by: failed to connect to all addresses; peer "
+            "/job:worker/replica:0/task:1 is unavailable [type.googleapis.com/tensorflow...]")
+
+    def lost(self, data, **kwargs):
+        original(self, data, **{**kwargs, "steps": 1})
+        raise tf.errors.UnavailableError(None, None, grpc)
+
+    monkeypatch.setattr(PatternComputer, "compute", lost)
+    out, partial = str(tmp_path / "mw.h5"), str(tmp_path / "mw.partial.h5")
+    assert main(["fit", "--model", files["model.keras"], "--data", files["x.npy"], "--out", out,
+                 "--batch-size", "16", "--checkpoint-every", "1"]) == 1
+    line = _error_line(capsys.readouterr().err)
+    assert "The multi-worker fit lost worker 1 (it stopped answering: UnavailableError)" in line
+    assert f"the statistics of 16 samples are in '{partial}'" in line
+    assert "same command and --strategy default" in line and "unexpected" not in line
