@@ -212,7 +212,8 @@ def test_a_non_finite_batch_is_refused_and_earlier_batches_are_kept(bad, on_host
     assert_consistent(kept, model)
     assert_matches_reference(model, kept, x[:3 * BATCH])
     assert Patterns.load(tmp_path / "c.h5").samples_seen == 3 * BATCH
-    resumed = computer.compute(x[3 * BATCH:], batch_size=BATCH, resume=True, verbose=0)
+    resumed = computer.compute(x[3 * BATCH:], batch_size=BATCH, accumulate=True,
+                               verbose=0)
     assert_matches_reference(model, resumed, x)  # cleaned data: the fit continues
 
 

@@ -328,8 +328,42 @@ def test_resume_after_interruption_equals_one_pass(tmp_path):
     second = PatternComputer(model)
     second.load_state(tmp_path / "state.h5")
     stream = iter(batches[2:])
-    second.compute(stream, steps=2, verbose=0, resume=True)
-    assert_same_fit(whole, second.compute(stream, verbose=0, resume=True))
+    second.compute(stream, steps=2, verbose=0, accumulate=True)
+    assert_same_fit(whole, second.compute(stream, verbose=0, accumulate=True))
+
+
+def test_computing_twice_never_counts_the_data_twice(tmp_path):
+    """The README's sequence: a fit, then the checkpointed fit of the same data on the same
+    computer.  resume=True continues the checkpoint file only; it used to add to the
+    statistics held (2,800 samples reported for 1,400).  Run again, a completed checkpoint
+    gives the same patterns instead of being counted again.  Adding is explicit."""
+    model = dense_model()
+    x = data((6,), 200, seed=4)
+    dataset = tf.data.Dataset.from_tensor_slices(x).batch(50)
+    checkpoint = tmp_path / "fit.partial.h5"
+    for run in range(2):  # the script, then the same script again
+        computer = PatternComputer(model)
+        first = computer.compute(dataset, verbose=0)
+        second = computer.compute(dataset, checkpoint=checkpoint, resume=True, verbose=0)
+        assert first.samples_seen == second.samples_seen == len(x), f"run {run}"
+        assert_same_fit(first, second)
+    assert computer.compute(x, accumulate=True, verbose=0).samples_seen == 2 * len(x)
+    with pytest.warns(FutureWarning, match="pass accumulate=True"):
+        assert computer.compute(x, resume=True, verbose=0).samples_seen == 3 * len(x)
+
+
+def test_progress_reads_well_in_a_log_file(capsys):
+    """Output that is not a terminal gets plain lines: no carriage returns, backspaces or
+    ANSI codes, and a batched dataset of known length shows its batch count, not
+    '64/Unknown' (Keras's Progbar did both)."""
+    model = dense_model()
+    x = data((6,), 200, seed=5)
+    PatternComputer(model).compute(tf.data.Dataset.from_tensor_slices(x).batch(50))
+    PatternComputer(model).compute(x, batch_size=40)
+    out = capsys.readouterr().out
+    assert not any(c in out for c in "\r\b\x1b"), repr(out)
+    assert "4/4 batches (100%), 200 samples" in out and "Unknown" not in out
+    assert "200/200 samples (100%)" in out
 
 
 def test_merged_shards_equal_one_pass(tmp_path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+import warnings
 from typing import Any, Iterable, Iterator
 
 import keras
@@ -30,6 +31,7 @@ from innv_pattern.patterns.estimators import PatternStatistics, expand_pattern_t
 from innv_pattern.patterns.io import Fingerprint, Patterns
 from innv_pattern.patterns.layout import layout_of
 from innv_pattern.patterns.fitter import Fitter
+from innv_pattern.progress import Progress
 
 __all__ = ["FEW_SAMPLES", "PatternComputer", "regime_sources"]
 
@@ -108,7 +110,7 @@ class PatternComputer:
     def compute(self, data: Any, batch_size: int | None = None, steps: int | None = None,
                 verbose: int = 1, resume: bool = False,
                 checkpoint: str | os.PathLike | None = None,
-                checkpoint_every: int = 100) -> Patterns:
+                checkpoint_every: int = 100, accumulate: bool = False) -> Patterns:
         """Fits the patterns in one pass over ``data``.
 
         With ``checkpoint``, a fit that runs for hours loses at most
@@ -117,7 +119,9 @@ class PatternComputer:
         ``checkpoint_every`` batches, when the pass ends, and when it is
         interrupted (``KeyboardInterrupt``, a bad batch, any exception).
         After a crash, run the same call again with ``resume=True``: it loads
-        the checkpoint and skips the samples the checkpoint has seen.  Each
+        the checkpoint and skips the samples the checkpoint has seen (a
+        checkpoint of a completed pass skips everything and gives the same
+        patterns again).  Each
         checkpoint costs one flush of the accumulators and one file write
         (24 bytes per kernel weight, the size of the statistics); after the
         first one the statistics so far and the running accumulators coexist,
@@ -132,22 +136,27 @@ class PatternComputer:
             data: A ``tf.data.Dataset`` of ``x`` or ``(x, y)`` batches (``x`` a
                 tuple for several inputs), a numpy array of samples, or any
                 iterable of such batches (an iterator is consumed: a later
-                ``compute(..., resume=True)`` continues where this one stopped).
+                ``compute(..., accumulate=True)`` continues where this one
+                stopped).
             batch_size: Batch size for a numpy array (default 32); must be
                 ``None`` for anything already batched.
             steps: Stop after this many batches (default: all of ``data``;
                 skipped batches do not count).
             verbose: 1 shows a progress bar (samples seen, throughput) and a
                 summary of degenerate neurons, 0 is silent.
-            resume: Add to the statistics accumulated so far (by earlier calls
-                or :meth:`load_state`) instead of starting afresh.  With an
-                existing ``checkpoint`` file, first replace them by the
-                checkpoint's and skip, from the start of ``data``, the samples
-                it holds beyond those the computer held: whole batches of a
+            resume: Continue the fit kept in ``checkpoint`` (required): if the
+                file exists, replace the statistics by its own and skip, from
+                the start of ``data``, the samples it holds beyond those the
+                computer held (none unless ``accumulate``): whole batches of a
                 dataset or iterable (a skip that ends inside a batch is an
                 error: resume with the batching of the interrupted fit), a
                 slice of a numpy array.  ``data`` must be the same stream, in
-                the same order, as in the interrupted call.
+                the same order, as in the interrupted call.  Without the file,
+                the fit starts as without ``resume``.
+            accumulate: Add to the statistics this computer holds (from earlier
+                calls or :meth:`load_state`) instead of starting afresh.  Off
+                by default, so that calling ``compute`` twice never counts the
+                same data twice.
             checkpoint: An HDF5 file to keep the statistics in while fitting
                 (a :class:`Patterns` file with statistics; ``load_state``
                 reads it).  Without ``resume`` an existing file is
@@ -172,7 +181,13 @@ class PatternComputer:
         if int(checkpoint_every) < 1:
             raise ValueError(f"checkpoint_every must be a positive number of batches; received "
                              f"{checkpoint_every!r}.")
-        if not resume:
+        if resume and checkpoint is None:
+            if not accumulate:
+                warnings.warn("compute(resume=True) without a checkpoint adds to the statistics "
+                              "held: pass accumulate=True for that (resume=True now only "
+                              "continues a checkpoint file).", FutureWarning, stacklevel=2)
+            accumulate = True
+        if not accumulate:
             self.reset()
         before = self._state, self._samples
         skip = (self._load_checkpoint(checkpoint, verbose)
@@ -182,10 +197,12 @@ class PatternComputer:
         except BaseException:  # data that does not line up with the checkpoint: change nothing
             self._state, self._samples = before
             raise
-        bar = keras.utils.Progbar(target, verbose=verbose, unit_name="sample",
-                                  stateful_metrics=["samples/s"]) if verbose else None
+        bar = _progress(data, target, steps, skip) if verbose else None
         saving = None if checkpoint is None else (os.fspath(checkpoint), int(checkpoint_every))
-        if self._accumulate(itertools.islice(batches, steps), bar, saving) == 0 and not self._state:
+        seen = self._accumulate(itertools.islice(batches, steps), bar, saving)
+        if bar is not None:
+            bar.done()
+        if seen == 0 and not self._state:
             raise ValueError("Received no data: the data gave no batch (or steps=0). Pass a "
                              "non-empty numpy array, tf.data.Dataset or iterable of batches.")
         patterns = self.patterns()
@@ -232,7 +249,7 @@ class PatternComputer:
                   f"skipping the first {skip} of the data.")
         return skip
 
-    def _accumulate(self, batches: Iterable[Any], bar: keras.utils.Progbar | None,
+    def _accumulate(self, batches: Iterable[Any], bar: Progress | None,
                     saving: tuple[str, int] | None = None) -> int:
         """Runs the compiled step on each batch; keeps what completed, even if interrupted.
 
@@ -259,8 +276,11 @@ class PatternComputer:
                     self.save_state(saving[0])
                     unsaved = False
                 if bar is not None:
-                    rate = seen / max(time.perf_counter() - start, 1e-9)
-                    bar.update(seen, values=[("samples/s", rate)])
+                    rate = f"{seen / max(time.perf_counter() - start, 1e-9):.0f} samples/s"
+                    if bar.unit == "sample":
+                        bar.update(seen, rate)
+                    else:
+                        bar.update(done, f"{seen} samples, {rate}")
         finally:
             if pending:
                 self._merge(acc)
@@ -304,7 +324,7 @@ class PatternComputer:
         Each source is a pattern file (or :class:`Patterns`) with statistics,
         fitted on this model; several sources (shards of a dataset, fitted
         apart) merge into exactly what one pass over all of them gives.
-        Continue with ``compute(more_data, resume=True)``.
+        Continue with ``compute(more_data, accumulate=True)``.
         """
         if not sources:
             raise ValueError("load_state needs at least one pattern file or Patterns object.")
@@ -436,6 +456,17 @@ def _check_static_shapes(ops: list[KernelOp], graph: Any) -> None:
             f"every kernel layer; received unknown sizes at {unknown}. Fit on a copy of the "
             "model built with a fixed input shape, e.g. keras.Input((224, 224, 3)): the "
             "patterns depend on the kernels only and fit the original model too.")
+
+
+def _progress(data: Any, samples: int | None, steps: int | None, skip: int) -> Progress:
+    """Progress in samples when their number is known, else in batches of a dataset of
+    known length, else samples counted up (see :mod:`innv_pattern.progress`)."""
+    if samples is not None and steps is None:
+        return Progress(samples, "sample")
+    if isinstance(data, tf.data.Dataset) and not skip and int(data.cardinality()) >= 0:
+        batches = int(data.cardinality())
+        return Progress(batches if steps is None else min(batches, int(steps)), "batch")
+    return Progress(None, "sample")
 
 
 def _batch_size(batch: Any) -> int:
