@@ -36,8 +36,8 @@ import keras
 from innv_pattern import kinds
 from innv_pattern.canonize import KERNEL_LAYERS, CanonicalGraph, LayerOp, Op
 from innv_pattern.lrp_rules import AlphaBetaRule, BoundedRule, FlatRule, WSquareRule, ZPlusFastRule
-from innv_pattern.rule_maps import (Entry, Predicate, RuleMap, is_kernel, is_relu_or_linear,
-                                    lrp_map, of_kind)
+from innv_pattern.rule_maps import (Entry, Predicate, RuleMap, is_elementwise, is_kernel,
+                                    is_relu_or_linear, lrp_map, of_kind)
 from innv_pattern.rules import GradientRule, PassRule, Template, ZRule
 
 __all__ = [
@@ -221,7 +221,8 @@ def deep_taylor_map(first: Template | None = None) -> RuleMap:
     A kernel layer's own ReLU is part of its rule (relevance passes); an
     activation layer, pooling, sums and routing follow the gradient, an
     element-wise affine layer passes relevance (its w**2 rule, one input per
-    neuron).  Other activations are refused, as iNNvestigate refuses them.
+    neuron).  Other activations, gates and layer normalization fall back as
+    in LRP, with a warning naming them (iNNvestigate refuses such networks).
     """
     chosen = (Entry(lambda op, graph: is_kernel(op) and first_layer(op, graph), first),) \
         if first is not None else ()
@@ -232,8 +233,14 @@ def deep_taylor_map(first: Template | None = None) -> RuleMap:
         Entry(is_relu_or_linear, gradient),
         Entry(of_kind(kinds.ROUTING, kinds.MAX, kinds.AFFINE), gradient),
         Entry(of_kind(kinds.DIAGONAL), PassRule.configured()),
-    ), refusal="Deep Taylor is defined for ReLU networks of kernel layers, pooling, sums "
-               "and element-wise affine layers.")
+        Entry(is_elementwise, PassRule.configured(),
+              "relevance passed through unchanged, as at a ReLU"),
+        Entry(of_kind(kinds.GATE), Z(), "gates held constant: the gated input gets all "
+              "the relevance"),
+        Entry(of_kind(kinds.LAYER_NORM), Z(), "z-rule with the standard deviation held constant"),
+    ), refusal="Deep Taylor is defined for networks of kernel layers, element-wise "
+               "activations, pooling, sums and normalization: recurrent, attention, Lambda "
+               "and custom layers are not.")
 
 
 def _own_activation(op: Op, graph: CanonicalGraph | None = None) -> bool:

@@ -157,6 +157,10 @@ def _panel(column: str, array: Any) -> np.ndarray:
     return draw(array, column) if column in KINDS else project(array)
 
 
+def _title(column: str) -> str:
+    return "input" if column == _INPUT_COLUMN else DISPLAY_NAMES.get(column, column)
+
+
 def _show(ax: Any, image: np.ndarray) -> None:
     ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1,
               interpolation="nearest", aspect="auto")
@@ -246,8 +250,7 @@ def plot_grid(x: Any, analyses: Mapping[str, Any], row_labels: Sequence[str] | N
                 continue
             _show(ax, _panel(column, sample if column == _INPUT_COLUMN else panels[column][i]))
             if i == 0:
-                title = "input" if column == _INPUT_COLUMN else DISPLAY_NAMES.get(column, column)
-                ax.set_title(title, fontsize="medium")
+                ax.set_title(_title(column), fontsize="medium")
         if row_labels is not None:
             axes[i, 0].set_ylabel(row_labels[i], fontsize="small", rotation=0 if flat else 90,
                                   ha="right" if flat else "center", va="center")
