@@ -103,3 +103,18 @@ def test_not_fused_where_inexact(build):
         warnings.simplefilter("ignore", FallbackWarning)  # the sigmoid passes relevance
         analyzer = _compare(model, x, "lrp.z")
     assert _fused_count(analyzer) == 0
+
+
+@pytest.mark.parametrize("method", ["lrp.sequential_preset_a", "lrp.sequential_preset_b_flat"])
+def test_presets_fuse_their_epsilon_layers_exactly(method):
+    """The presets' epsilon dense layers fuse with their ReLUs, exactly; the convolution's
+    alpha-beta rule is not a z-rule and stays as it is."""
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((6, 6, 2))
+    h = keras.layers.Conv2D(3, 3, activation="relu")(inp)
+    h = keras.layers.Dense(5, activation="relu")(keras.layers.Flatten()(h))
+    h = keras.layers.Dense(4, activation="relu")(h)
+    model = randomize_biases(keras.Model(inp, keras.layers.Dense(3)(h)))
+    x = np.random.default_rng(6).normal(size=(4, 6, 6, 2)).astype("float32")
+    analyzer = _compare(model, x, method)
+    assert _fused_count(analyzer) == 2
