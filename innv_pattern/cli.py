@@ -1,4 +1,4 @@
-"""The ``innv-pattern`` command: ``demo``, ``fit``, ``explain`` and ``evaluate``.
+"""The ``innv-pattern`` command: ``demo``, ``fit``, ``explain``, ``evaluate`` and ``benchmark``.
 
 Every mistake a user can make (a missing file, data of the wrong shape,
 patterns for another model, an unknown method) ends the command with one
@@ -119,7 +119,7 @@ def _start_tensorflow(strategy: str = "default") -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of all four subcommands."""
+    """The parser of all five subcommands."""
     parser = Parser(prog=PROG, description="PatternNet and PatternAttribution for Keras 3: "
                      "fit patterns, explain inputs, evaluate explanations.")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit(commands)
     _add_explain(commands)
     _add_evaluate(commands)
+    _add_benchmark(commands)
     return parser
 
 
@@ -228,7 +229,7 @@ def _run_fit(args: argparse.Namespace) -> None:
     checkpoint = partial if args.checkpoint_every else None
     try:
         patterns = computer.compute(data, batch_size=batch_size, steps=args.steps, verbose=1,
-                                    resume=bool(args.resume) or bool(checkpoint),
+                                    accumulate=bool(args.resume), resume=bool(checkpoint),
                                     checkpoint=checkpoint,
                                     checkpoint_every=args.checkpoint_every or 100)
     except KeyboardInterrupt:
@@ -412,6 +413,25 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     from innv_pattern.cli_evaluate import run_evaluate
 
     run_evaluate(args)
+
+
+def _add_benchmark(commands: Any) -> None:
+    bench = commands.add_parser("benchmark", help="ground truth: score every analyzer against the "
+                                "known signal of XAI-TRIS images (small version: minutes)")
+    bench.add_argument("--out", default="groundtruth_results",
+                       help="output folder (default groundtruth_results)")
+    bench.add_argument("--full", action="store_true",
+                       help="the full benchmark (more images and epochs; about 40 minutes)")
+    bench.set_defaults(run=_run_benchmark)
+
+
+def _run_benchmark(args: argparse.Namespace) -> None:
+    output_folder(args.out)
+    _start_tensorflow()
+    from innv_pattern.groundtruth_benchmark import run_benchmark
+
+    run_benchmark(args.out, quick=not args.full)
+    print(f"Benchmark finished: tables and figures in '{args.out}'.")
 
 
 def _run_demo(args: argparse.Namespace) -> None:

@@ -417,3 +417,30 @@ def test_a_lost_worker_is_named_with_where_the_statistics_are(files, tmp_path, c
     assert "The multi-worker fit lost worker 1 (it stopped answering: UnavailableError)" in line
     assert f"the statistics of 16 samples are in '{partial}'" in line
     assert "same command and --strategy default" in line and "unexpected" not in line
+
+
+def test_benchmark_command_writes_the_ground_truth_tables_and_figures(tmp_path, capsys,
+                                                                      monkeypatch):
+    """`innv-pattern benchmark` runs the ground-truth benchmark into --out: here a cut-down
+    run (one scenario, one model, two analyzers, few images), the real function otherwise."""
+    import innv_pattern.groundtruth_benchmark as gb
+
+    monkeypatch.setitem(gb.SETTINGS, "quick", {"n": 600, "test": 200, "explain": 40,
+                                               "epochs": 4, "patience": 2})
+    real = gb.run_benchmark
+    calls = []
+
+    def small(output_dir, quick=True):
+        calls.append(quick)
+        return real(output_dir, quick=quick, scenarios=("lin",), backgrounds=("white",),
+                    models=("linear",), analyzers=["gradient", "pattern.attribution"], verbose=0)
+
+    monkeypatch.setattr(gb, "run_benchmark", small)
+    out = tmp_path / "bench"
+    assert main(["benchmark", "--out", str(out)]) == 0
+    assert calls == [True]
+    assert "Benchmark finished" in capsys.readouterr().out
+    assert {"groundtruth.json", "groundtruth.md", "groundtruth_scores.png"} <= {
+        p.name for p in out.iterdir()}
+    scores = json.loads((out / "groundtruth.json").read_text())["cells"][0]["scores"]
+    assert {"gradient", "pattern.attribution", "random", "sobel"} <= set(scores)
