@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Analyzer": "innv_pattern.analyzers",
+    "analyzer_classes": "innv_pattern.analyzers",
     "create_analyzer": "innv_pattern.analyzers",
     "list_analyzers": "innv_pattern.analyzers",
     "PatternComputer": "innv_pattern.patterns",

@@ -24,7 +24,10 @@ rule                   groups (``x+ = max(x, 0)``, ``W+ = max(W, 0)``, ...)
 
 Every term of a group has one sign (``x+ W+ >= 0``, ``(x - low) W+ >= 0``, ...),
 so a denominator is exactly zero only where all its terms are, and then
-nothing is lost by passing nothing back.  (The z-box rule written as
+nothing is lost by passing nothing back.  The alpha-beta rule computes its two
+groups from ``x W`` and ``|x| |W|`` (one extra linear map each way instead of
+four) and treats a group within float32 round-off of zero as zero (see
+:class:`AlphaBetaRule`).  (The z-box rule written as
 ``x W - low W+ - high W-``, as iNNvestigate computes it, is the same sum; in
 float32 it leaves round-off where an input sits at its bounds, which a
 near-zero denominator then amplifies.)
@@ -57,7 +60,11 @@ Groups = list[tuple[float, list[tuple[tf.Tensor, tf.Tensor]], bool]]
 
 
 class TermsRule(Rule):
-    """A kernel op's rule given by :meth:`groups` (see the module docstring)."""
+    """A kernel op's rule given by :meth:`groups` (see the module docstring).
+
+    A term's input may have batch size 1 (the ones of the flat and w-square
+    rules): its denominator is then computed once and broadcast.
+    """
 
     def __init__(self, op: Op, options: Mapping[str, Any]) -> None:
         if not isinstance(op, KernelOp):
@@ -68,6 +75,21 @@ class TermsRule(Rule):
     def groups(self, x: tf.Tensor, kernel: tf.Tensor) -> Groups:
         raise NotImplementedError
 
+    def relevance(self, x: tf.Tensor, y: tf.Tensor, g: tf.Tensor, kernel: tf.Tensor,
+                  bias: tf.Tensor | None) -> tf.Tensor:
+        """The relevance of ``x`` given the relevance ``g`` of the output ``y``."""
+        total = None
+        for weight, terms, with_bias in self.groups(x, kernel):
+            z = _sum(self.op.linear(v, w) for v, w in terms)
+            s = tf.math.divide_no_nan(g, z + bias if with_bias and bias is not None else z)
+            part = _sum(v * self.transposed(x, w, s) for v, w in terms)
+            total = weight * part if total is None else total + weight * part
+        return total
+
+    def transposed(self, x: tf.Tensor, kernel: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
+        """``s`` through the transposed linear map with ``kernel`` (shaped like ``x``)."""
+        return _vjp(lambda u: self.op.linear(u, kernel), [x], s)[0]
+
     def __call__(self, *xs: tf.Tensor) -> list[tf.Tensor]:
         op: KernelOp = self.op
         kernel = op.get_kernel()
@@ -75,14 +97,7 @@ class TermsRule(Rule):
         bias = None if bias is None else op.broadcast_bias(bias)
 
         def backward(xs: tuple, y: tf.Tensor, g: tf.Tensor) -> list[tf.Tensor]:
-            total = None
-            for weight, terms, with_bias in self.groups(xs[0], kernel):
-                z = _sum(op.linear(v, w) for v, w in terms)
-                s = tf.math.divide_no_nan(g, z + bias if with_bias and bias is not None else z)
-                part = _sum(v * _vjp(lambda u, w=w: op.linear(u, w), [v], s)[0]
-                            for v, w in terms)
-                total = weight * part if total is None else total + weight * part
-            return [total]
+            return [self.relevance(xs[0], y, g, kernel, bias)]
 
         return [_with_backward(_forward_fn(op, lambda v: op.linear(v, kernel)), backward, xs)]
 
@@ -94,21 +109,38 @@ class AlphaBetaRule(TermsRule):
     the composite constructors check it) and ``bias`` (count the bias in the
     denominators, default True). ``alpha=1, beta=0, bias=False`` is LRP-z+
     (Deep Taylor's z+ rule) for inputs of any sign.
+
+    Computed with one extra linear map each way: the positive and negative
+    parts are ``(x W +- |x| |W|) / 2``, so ``z+- = (z +- m) / 2`` with
+    ``m = |x| |W|``, and the relevance is
+    ``x/2 W^T (alpha s+ - beta s-) + |x|/2 |W|^T (alpha s+ + beta s-)``.
+    A part within round-off of zero (``|z+-| <= 1e-5 m``: float32 cannot tell
+    it from zero) counts as zero, as the exact sum of its one-signed terms would.
     """
 
     setting_names = ("alpha", "beta", "bias")
     proportional = True
+    #: Below this fraction of ``|x| |W|`` a part is round-off.
+    resolution = 1e-5
 
-    def groups(self, x: tf.Tensor, kernel: tf.Tensor) -> Groups:
+    def relevance(self, x: tf.Tensor, y: tf.Tensor, g: tf.Tensor, kernel: tf.Tensor,
+                  bias: tf.Tensor | None) -> tf.Tensor:
         alpha = float(self.settings.get("alpha", 1.0))
         beta = float(self.settings.get("beta", 0.0))
-        bias = bool(self.settings.get("bias", True))
-        xp, xn = tf.nn.relu(x), tf.minimum(x, 0.0)
-        wp, wn = tf.nn.relu(kernel), tf.minimum(kernel, 0.0)
-        found = [(alpha, [(xp, wp), (xn, wn)], bias)]
-        if beta:
-            found.append((-beta, [(xp, wn), (xn, wp)], bias))
-        return found
+        z = y if bias is None else self.op.linear(x, kernel)
+        m = self.op.linear(tf.abs(x), tf.abs(kernel))
+        shift = bias if bool(self.settings.get("bias", True)) and bias is not None else 0.0
+        resolved = m * self.resolution
+
+        def share(part: tf.Tensor) -> tf.Tensor:
+            part = tf.where(tf.abs(part) <= resolved, tf.zeros_like(part), part)
+            return tf.math.divide_no_nan(g, part + shift)
+
+        s_pos = share((z + m) / 2)
+        s_neg = share((z - m) / 2) if beta else tf.zeros_like(s_pos)
+        signed, absolute = alpha * s_pos - beta * s_neg, alpha * s_pos + beta * s_neg
+        return (x * self.transposed(x, kernel, signed)
+                + tf.abs(x) * self.transposed(x, tf.abs(kernel), absolute)) / 2
 
 
 class ZPlusFastRule(TermsRule):
@@ -124,14 +156,14 @@ class WSquareRule(TermsRule):
     """Deep Taylor's w**2 rule: relevance in proportion to the squared weights."""
 
     def groups(self, x: tf.Tensor, kernel: tf.Tensor) -> Groups:
-        return [(1.0, [(tf.ones_like(x), tf.square(kernel))], False)]
+        return [(1.0, [(tf.ones_like(x[:1]), tf.square(kernel))], False)]
 
 
 class FlatRule(TermsRule):
     """LRP-flat: relevance spread evenly over each output's receptive field."""
 
     def groups(self, x: tf.Tensor, kernel: tf.Tensor) -> Groups:
-        return [(1.0, [(tf.ones_like(x), tf.ones_like(kernel))], False)]
+        return [(1.0, [(tf.ones_like(x[:1]), tf.ones_like(kernel))], False)]
 
 
 class BoundedRule(TermsRule):
