@@ -49,7 +49,8 @@ __all__ = [
     "plot_grid", "plot_perturbation_curves", "plot_signal_quality", "plot_toy", "project",
 ]
 
-#: What each analyzer shows, after Fig. 1 of the paper (each analyzer class's ``kind``).
+#: What each analyzer shows, after Fig. 1 of the paper (each analyzer class's ``kind``;
+#: the functions below read the registry itself, so analyzers registered later count).
 KINDS: dict[str, str] = {name: cls.kind for name, cls in analyzer_classes().items()}
 
 #: Column titles, spelled as in the paper (each analyzer class's ``display_name``).
@@ -66,11 +67,12 @@ def kind_of(method: str) -> str:
     """``"function"``, ``"signal"`` or ``"attribution"`` for an analyzer name.
 
     Raises:
-        ValueError: For a name not in :data:`KINDS`.
+        ValueError: For a name that is not a registered analyzer.
     """
-    if method not in KINDS:
-        raise ValueError(f"Unknown analyzer {method!r}. Accepted names: {sorted(KINDS)}.")
-    return KINDS[method]
+    classes = analyzer_classes()
+    if method not in classes:
+        raise ValueError(f"Unknown analyzer {method!r}. Accepted names: {sorted(classes)}.")
+    return classes[method].kind
 
 
 def _image(x: Any) -> np.ndarray:
@@ -154,11 +156,12 @@ def _ordered(methods: Sequence[str]) -> list[str]:
 def _panel(column: str, array: Any) -> np.ndarray:
     if column == _INPUT_COLUMN:
         return input_image(array)
-    return draw(array, column) if column in KINDS else project(array)
+    return draw(array, column) if column in analyzer_classes() else project(array)
 
 
 def _title(column: str) -> str:
-    return "input" if column == _INPUT_COLUMN else DISPLAY_NAMES.get(column, column)
+    cls = analyzer_classes().get(column)
+    return "input" if column == _INPUT_COLUMN else cls.display_name if cls else column
 
 
 def _show(ax: Any, image: np.ndarray) -> None:
@@ -184,7 +187,8 @@ def _columns(methods: Sequence[str], references: Sequence[str]
 
 def _group_headers(fig: Figure, axes: np.ndarray, columns: list[str | None]) -> None:
     for group in _GROUP_ORDER:
-        idx = [j for j, c in enumerate(columns) if c in KINDS and kind_of(c) == group]
+        idx = [j for j, c in enumerate(columns)
+               if c in analyzer_classes() and kind_of(c) == group]
         if idx:
             left, right = axes[0, idx[0]].get_position(), axes[0, idx[-1]].get_position()
             fig.text((left.x0 + right.x1) / 2, left.y1 + 0.6 * (1 - left.y1), group,
