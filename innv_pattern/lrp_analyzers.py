@@ -123,8 +123,11 @@ class LRPAlphaBeta(_LRPFamily):
                  bias: bool = True) -> None:
         if alpha is None and beta is None:
             alpha, beta = 2.0, 1.0
-        self.rule = AlphaBeta(alpha, beta, bias)
+        self.alpha_beta = AlphaBeta(alpha, beta, bias)
         super().__init__(model, neuron_selection_mode)
+
+    def composite(self) -> Composite:
+        return Composite.uniform(self.alpha_beta)
 
 
 @register
