@@ -309,8 +309,8 @@ def load_image_folder(folder: str, input_shape: tuple, options: InputOptions, ba
                       skip: int = 0) -> Any:
     """A folder of images (subfolders included, natural order) as a ``tf.data.Dataset``.
 
-    Files are decoded in parallel and batches prefetched; ``options`` are
-    applied per batch.  ``skip`` leaves out the first files.
+    Files are decoded, resized and ``options`` applied in parallel, image by
+    image, and batches are prefetched.  ``skip`` leaves out the first files.
     """
     import tensorflow as tf
 
@@ -318,10 +318,46 @@ def load_image_folder(folder: str, input_shape: tuple, options: InputOptions, ba
     files = image_files(folder)
     if skip >= len(files):
         raise UserError(f"--skip {skip} leaves no data: '{folder}' has {len(files)} images.")
+    transform = _per_channel_function(options, channels)
     auto = tf.data.AUTOTUNE
     data = tf.data.Dataset.from_tensor_slices(files[skip:]).map(
-        lambda p: _decode(p, target, channels), num_parallel_calls=auto, deterministic=True)
-    return data.batch(batch_size).map(options.apply, num_parallel_calls=auto).prefetch(auto)
+        lambda p: transform(_decode(p, target, channels)), num_parallel_calls=auto,
+        deterministic=True)
+    return data.batch(batch_size).prefetch(auto)
+
+
+def _per_channel_function(options: InputOptions, channels: int) -> Callable[[Any], Any]:
+    """``options.apply`` for image tensors, as one gather, multiply and add where it is that.
+
+    Every keras.applications preprocessing is, per pixel, a channel
+    permutation (RGB to BGR) followed by a per-channel scale and shift; Keras
+    writes the permutation as ``x[..., ::-1]``, which TensorFlow runs ten times
+    slower than a gather, and made preprocessing cost more than decoding
+    (benchmarks/pipeline.py).  The form is read off ``options.apply`` at a few
+    probe pixels and checked on random images; anything else runs as it is.
+    """
+    import tensorflow as tf
+
+    if options == InputOptions(size=options.size):
+        return options.apply                                # nothing to do
+    probes = np.concatenate([np.zeros((1, channels)), 100.0 * np.eye(channels)])
+    out = np.asarray(options.apply(probes.reshape(-1, 1, 1, channels).astype(np.float32)),
+                     np.float64).reshape(-1, channels)
+    bias, matrix = out[0], (out[1:] - out[0]) / 100.0
+    source = np.abs(matrix).argmax(axis=0)                 # the input channel of each output
+    scale = matrix[source, np.arange(channels)]
+    if np.count_nonzero(np.round(matrix, 6)) != channels or len(set(source)) != channels:
+        return options.apply
+
+    def fast(x: Any) -> Any:
+        return tf.gather(x, source, axis=-1) * scale.astype(np.float32) + bias.astype(np.float32)
+
+    check = np.random.default_rng(0).uniform(0, 255, (2, 5, 5, channels)).astype(np.float32)
+    expected = np.asarray(options.apply(check))
+    if not np.allclose(fast(tf.constant(check)).numpy(), expected, rtol=1e-5,
+                       atol=1e-5 * float(np.max(np.abs(expected), initial=1.0))):
+        return options.apply
+    return fast
 
 
 def _natural_key(path: str) -> list[list[Any]]:
