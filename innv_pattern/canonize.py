@@ -46,6 +46,8 @@ import tensorflow as tf
 
 from innv_pattern import kinds
 from innv_pattern.graph import Graph, Node, fresh_key
+from innv_pattern.linear_maps import (DEPTHWISE, KERNEL_LAYERS, SEPARABLE, TRANSPOSE,
+                                      channel_axis, linear_map, pointwise, pointwise_strides)
 
 __all__ = [
     "ActivationOp",
@@ -53,6 +55,7 @@ __all__ = [
     "Interleave",
     "KernelOp",
     "LayerOp",
+    "KERNEL_LAYERS",
     "Op",
     "canonize",
     "widen",
@@ -74,19 +77,7 @@ def widen(t: Any) -> Any:
         return tf.cast(t, tf.float32)
     return t
 
-_CONV = (
-    keras.layers.Conv1D,
-    keras.layers.Conv2D,
-    keras.layers.Conv3D,
-)
-_DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
-_SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
-_TRANSPOSE = (
-    keras.layers.Conv1DTranspose,
-    keras.layers.Conv2DTranspose,
-    keras.layers.Conv3DTranspose,
-)
-KERNEL_LAYERS = (keras.layers.Dense,) + _CONV + _DEPTHWISE + _SEPARABLE + _TRANSPOSE
+
 
 
 @dataclasses.dataclass(eq=False)
@@ -323,21 +314,15 @@ def _activation_fn(node: Node) -> Callable[[tf.Tensor], tf.Tensor]:
     return lambda x: node.run({node.inputs[0]: x})[0]
 
 
-def _channel_axis(layer: Any) -> int:
-    if getattr(layer, "data_format", "channels_last") == "channels_first":
-        return -(len(layer.kernel_size) + 1) if hasattr(layer, "kernel_size") else -1
-    return -1
-
-
 def _kernel_ops(node: Node, shapes: dict, dtypes: dict) -> list[KernelOp]:
     layer = node.layer
-    common = dict(layer=layer, channel_axis=_channel_axis(layer), get_bias=_bias_fn(layer))
-    if isinstance(layer, _SEPARABLE):
+    common = dict(layer=layer, channel_axis=channel_axis(layer), get_bias=_bias_fn(layer))
+    if isinstance(layer, SEPARABLE):
         return _separable_ops(node, common, shapes, dtypes)
-    strides = _pointwise_strides(layer)
+    strides = pointwise_strides(layer)
     return [KernelOp(node.name, inputs=node.inputs, outputs=node.outputs,
-                     linear=(_linear_fn(layer) if strides is None
-                             else _pointwise(strides, layer.data_format)),
+                     linear=(linear_map(layer) if strides is None
+                             else pointwise(strides, layer.data_format)),
                      get_kernel=lambda: widen(tf.convert_to_tensor(layer.kernel)),
                      kernel_shape=tuple(layer.kernel.shape), **common)]
 
@@ -357,115 +342,18 @@ def _separable_ops(node: Node, common: dict, shapes: dict, dtypes: dict) -> list
     shapes[mid], dtypes[mid] = tuple(mid_shape), dtypes[node.outputs[0]]
     conv = dict(strides=layer.strides, padding=layer.padding,
                 data_format=layer.data_format, dilation_rate=layer.dilation_rate)
-    depthwise = KernelOp(
+    depthwise_op = KernelOp(
         node.name + "/depthwise", inputs=node.inputs, outputs=(mid,),
         linear=lambda x, k: keras.ops.depthwise_conv(x, k, **conv),
         get_kernel=lambda: widen(tf.convert_to_tensor(layer.depthwise_kernel)),
         kernel_shape=tuple(layer.depthwise_kernel.shape),
         **{**common, "get_bias": lambda: None})
-    pointwise = KernelOp(
+    pointwise_op = KernelOp(
         node.name + "/pointwise", inputs=(mid,), outputs=node.outputs,
-        linear=_pointwise((1,) * len(layer.strides), layer.data_format),
+        linear=pointwise((1,) * len(layer.strides), layer.data_format),
         get_kernel=lambda: widen(tf.convert_to_tensor(layer.pointwise_kernel)),
         kernel_shape=tuple(layer.pointwise_kernel.shape), **common)
-    return [depthwise, pointwise]
-
-
-def _linear_fn(layer: Any) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-    """``linear(x, kernel)``: the layer's map without bias, for any kernel of its layout."""
-    if isinstance(layer, keras.layers.Dense):
-        return lambda x, k: keras.ops.matmul(x, k)
-    conv = dict(strides=layer.strides, data_format=layer.data_format,
-                dilation_rate=layer.dilation_rate,
-                padding="valid" if layer.padding == "causal" else layer.padding)
-    if isinstance(layer, _DEPTHWISE):
-        fn = lambda x, k: keras.ops.depthwise_conv(x, k, **conv)  # noqa: E731
-    elif isinstance(layer, _TRANSPOSE):
-        fn = lambda x, k: keras.ops.conv_transpose(  # noqa: E731
-            x, k, output_padding=layer.output_padding, **conv)
-    elif layer.groups > 1 and layer.kernel.shape[-2] == 1:
-        # One input channel per group: a depthwise convolution, whose gradients
-        # TensorFlow computes thousands of times faster on CPU (ConvNeXt).
-        fn = lambda x, k: keras.ops.depthwise_conv(  # noqa: E731
-            x, tf.reshape(k, tuple(k.shape[:-2]) + (layer.groups, -1)), **conv)
-    else:
-        fn = lambda x, k: keras.ops.conv(x, k, **conv)  # noqa: E731
-    return _causal(layer, fn) if layer.padding == "causal" else fn
-
-
-def _pointwise_strides(layer: Any) -> tuple[int, ...] | None:
-    """The strides of an ungrouped 1x1 Conv1D/2D/3D, else ``None``.
-
-    Its output position ``i`` reads ``x`` at ``i * s`` alone, whatever the
-    padding ('same' and 'causal' pad nothing for a 1x1 kernel) or dilation.
-    """
-    if (isinstance(layer, _CONV) and layer.groups == 1
-            and all(int(d) == 1 for d in layer.kernel_size)):
-        return tuple(int(s) for s in layer.strides)
-    return None
-
-
-def _pointwise(strides: tuple[int, ...],
-               data_format: str = "channels_last") -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-    """``linear`` of a 1x1 convolution: a strided selection, then a matrix product.
-
-    No convolution op runs forward or backward: TensorFlow's oneDNN kernels
-    for the gradients of strided 1x1 convolutions corrupt the heap and crash
-    the process (TensorFlow 2.21, e.g. input 4x60x60x8, kernel 1x1x8x16,
-    stride 2).  The gradients are matrix products (as Dense's) and, through
-    :func:`_strided`, a slice and a pad.  Channels-first tensors are
-    transposed to channels-last and back.
-
-    Example:
-        >>> linear = _pointwise((2,))
-        >>> x = tf.reshape(tf.range(10.0), (1, 5, 2))
-        >>> linear(x, tf.constant([[[1.0], [10.0]]]))[0, :, 0].numpy().tolist()
-        [10.0, 54.0, 98.0]
-    """
-    def linear(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-        if data_format == "channels_first":
-            return keras.ops.moveaxis(linear_last(keras.ops.moveaxis(x, 1, -1), kernel), -1, 1)
-        return linear_last(x, kernel)
-
-    def linear_last(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-        return keras.ops.matmul(_strided(x, strides), tf.reshape(kernel, kernel.shape[-2:]))
-
-    return linear
-
-
-def _strided(x: tf.Tensor, strides: tuple[int, ...]) -> tf.Tensor:
-    """``x`` (channels_last) at the positions ``0, s, 2s, ...`` of each spatial axis.
-
-    Padded to whole strides, reshaped to ``(batch * n_0, s_0, n_1, s_1, ...,
-    n_k, s_k * channels)`` (rank 6 at most: TensorFlow pads up to rank 6), and
-    the first of each ``s`` sliced off: the gradient is a pad and a slice,
-    faster on CPU than a gather's or a strided slice's
-    (``benchmarks/pointwise_sums.py``).
-    """
-    if all(s == 1 for s in strides):
-        return x
-    shape = tf.shape(x)
-    out = [-(-shape[i] // s) for i, s in enumerate(strides, start=1)]
-    x_padded = tf.pad(x, [[0, 0], *([0, n * s - shape[i]] for i, (n, s)
-                                     in enumerate(zip(out, strides), start=1)), [0, 0]])
-    split = [shape[0] * out[0]]
-    for s, n in zip(strides, out[1:]):
-        split += [s, n]
-    split.append(strides[-1] * shape[-1])
-    sizes = [-1] + [1, -1] * (len(strides) - 1) + [shape[-1]]
-    first = tf.slice(tf.reshape(x_padded, tf.stack(split)), [0] * len(split), tf.stack(sizes))
-    y = tf.reshape(first, tf.stack([shape[0], *out, shape[-1]]))
-    y.set_shape([x.shape[0], *(None if n is None else -(-n // s)
-                               for n, s in zip(x.shape[1:-1], strides)), x.shape[-1]])
-    return y
-
-
-def _causal(layer: Any, fn: Callable) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-    """A causal Conv1D: left padding, then the 'valid' convolution ``fn`` (as Keras does)."""
-    left = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
-    pads = [[0, 0]] * 3
-    pads[1 if layer.data_format == "channels_last" else 2] = [left, 0]
-    return lambda x, k: fn(keras.ops.pad(x, pads), k)
+    return [depthwise_op, pointwise_op]
 
 
 def _fold_batchnorm(ops: list[Op], outputs: list[int], shapes: dict) -> list[Op]:
@@ -499,8 +387,8 @@ def _bn_axis_matches(bn: Any, kernel_op: KernelOp, rank: int) -> bool:
 def _folded(kernel_op: KernelOp, bn_op: Op) -> KernelOp:
     bn = bn_op.layer
     old_kernel, old_bias = kernel_op.get_kernel, kernel_op.get_bias
-    depthwise = isinstance(kernel_op.layer, _DEPTHWISE) or kernel_op.name.endswith("/depthwise")
-    transpose = isinstance(kernel_op.layer, _TRANSPOSE)
+    depthwise = isinstance(kernel_op.layer, DEPTHWISE) or kernel_op.name.endswith("/depthwise")
+    transpose = isinstance(kernel_op.layer, TRANSPOSE)
 
     def scale() -> tf.Tensor:
         gamma = widen(tf.convert_to_tensor(bn.gamma)) if bn.scale else 1.0
