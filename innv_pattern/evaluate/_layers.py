@@ -29,14 +29,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from innv_pattern.canonize import ActivationOp, CanonicalGraph, KernelOp
+from innv_pattern import kinds
+from innv_pattern.canonize import ActivationOp, CanonicalGraph, KernelOp, LayerOp
 from innv_pattern.patterns.computer import regime_sources
 from innv_pattern.patterns.layout import KernelLayout, layout_of
 
 __all__ = ["EvaluatedLayer", "followed_by_relu", "memory_estimate", "select_layers"]
-_SIGN_KEEPING = (keras.layers.MaxPooling1D, keras.layers.MaxPooling2D, keras.layers.MaxPooling3D,
-                 keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout,
-                 keras.layers.Identity, keras.layers.ZeroPadding2D)
 
 
 @dataclasses.dataclass
@@ -149,7 +147,8 @@ def followed_by_relu(graph: CanonicalGraph, op: KernelOp) -> bool:
         reader = readers[0]
         if isinstance(reader, ActivationOp):
             return reader.activation == "relu"
-        if not isinstance(reader.layer, _SIGN_KEEPING):
+        if not (isinstance(reader, LayerOp) and reader.kind in (kinds.ROUTING, kinds.MAX)
+                and len(reader.inputs) == 1):  # pooling, reshapes, padding, dropout keep signs
             return False
         key = reader.outputs[0]
 
