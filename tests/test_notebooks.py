@@ -97,17 +97,29 @@ def same_text(stored: str, fresh: str, rtol: float = 0.05, atol: float = 1e-3) -
                for a, b in zip(NUMBER.findall(stored), NUMBER.findall(fresh)))
 
 
-def stale_outputs(stored_nb, fresh_nb) -> list[str]:
+#: Notebook 04 augments its data on the fly with unseeded random shifts and noise (in a
+#: parallel tf.data map): counts such as "neurons with fewer than 30 samples" vary by a few.
+#: Only its words, figures and orders of magnitude are checked.
+RTOL = {"04_large_datasets": 1.0}
+
+
+def _kinds(outputs) -> list[list]:
+    """Each output's type and whether it is a figure; consecutive prints count once (how
+    the kernel splits printed text into messages depends on timing)."""
+    kinds = [[o.output_type, "image/png" in o.get("data", {})] for o in outputs]
+    return [k for i, k in enumerate(kinds) if not (i and k[0] == "stream" == kinds[i - 1][0])]
+
+
+def stale_outputs(stored_nb, fresh_nb, rtol: float = 0.05) -> list[str]:
     """What the stored notebook shows that the fresh run does not (one line per cell)."""
     problems = []
     code = [(a, b) for a, b in zip(stored_nb.cells, fresh_nb.cells) if a.cell_type == "code"]
     for number, (stored, fresh) in enumerate(code, 1):
-        kinds = [[o.output_type, "image/png" in o.get("data", {})] for o in stored.outputs]
-        fresh_kinds = [[o.output_type, "image/png" in o.get("data", {})] for o in fresh.outputs]
+        kinds, fresh_kinds = _kinds(stored.outputs), _kinds(fresh.outputs)
         texts = [_text(o) for o in stored.outputs], [_text(o) for o in fresh.outputs]
         if kinds != fresh_kinds:
             problems.append(f"cell {number}: stored outputs {kinds}, fresh {fresh_kinds}")
-        elif not same_text("\n".join(texts[0]), "\n".join(texts[1])):
+        elif not same_text("\n".join(texts[0]), "\n".join(texts[1]), rtol):
             problems.append(f"cell {number}: stored {texts[0]!r}, fresh {texts[1]!r}")
     return problems
 
@@ -130,6 +142,9 @@ def _execute(path: Path, kernel: str, workdir: Path):
                                      resources={"metadata": {"path": str(workdir)}})
     client.execute()
     nb.metadata = nbformat.read(path, as_version=4).metadata     # the user's kernel, not ours
+    for cell in nb.cells:       # stderr: TensorFlow's C++ start-up lines, which vary by machine
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if o.get("name") != "stderr"]
     return nb
 
 
@@ -139,7 +154,7 @@ def test_notebook_runs_and_its_stored_outputs_are_current(path, executed):
     fresh = executed[path.stem].result()
     errors = [o for c in fresh.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert errors == [], f"{path.name}: " + "\n".join(e.ename + ": " + e.evalue for e in errors)
-    stale = stale_outputs(nbformat.read(path, as_version=4), fresh)
+    stale = stale_outputs(nbformat.read(path, as_version=4), fresh, RTOL.get(path.stem, 0.05))
     assert stale == [], (f"{path.name} stores outputs the code no longer gives; store fresh ones "
                          "with 'python tests/test_notebooks.py':\n" + "\n".join(stale))
 
