@@ -48,10 +48,35 @@ from innv_pattern.cli_patterns import check_input_scale, load_patterns  # noqa: 
 __all__ = ["build_parser", "main"]
 
 PROG = "innv-pattern"
-#: The analyzers' names, known before TensorFlow loads (a test keeps them equal to list_analyzers).
-METHODS = ("gradient", "input_t_gradient", "deconvnet", "guided_backprop", "lrp.z", "lrp.epsilon",
-           "smoothgrad", "integrated_gradients", "pattern.net", "pattern.attribution")
-PATTERN_METHODS = ("pattern.net", "pattern.attribution")
+
+
+class _AnalyzerNames:
+    """Analyzer names read from the analyzer classes' declarations, when first needed.
+
+    ``argparse`` checks ``--method`` against it; the registry (and TensorFlow,
+    quietly) is imported only then, so ``--help`` and ``fit`` never wait for it.
+    """
+
+    def __init__(self, which: str = "all") -> None:
+        self.which = which
+
+    def names(self) -> tuple[str, ...]:
+        with _native_stderr_silenced():
+            from innv_pattern.analyzers import analyzer_classes
+
+        return tuple(n for n, c in analyzer_classes().items()
+                     if self.which == "all" or getattr(c, self.which))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+#: Every analyzer's name; the ones that need a pattern file; the paper's ten.
+METHODS, PATTERN_METHODS = _AnalyzerNames(), _AnalyzerNames("needs_patterns")
+PAPER_METHODS = _AnalyzerNames("in_paper")
 STRATEGIES = ("default", "mirrored", "multiworker")
 MAX_FIGURE_ROWS = 16
 MODEL_HELP = "a Keras model file (.keras, .h5 or .hdf5)"
@@ -170,7 +195,8 @@ def _add_explain(commands: Any) -> None:
                                   "and .png")
     explain.add_argument("--model", required=True, help=MODEL_HELP)
     explain.add_argument("--method", required=True, choices=METHODS, metavar="METHOD",
-                         help="one of: " + ", ".join(METHODS))
+                         help="an analyzer, e.g. pattern.attribution, pattern.net, lrp.epsilon, "
+                         "gradient (a wrong name lists all of them)")
     explain.add_argument("--input", required=True, help="an image, a .npy/.npz file (one sample "
                          "or a batch) or a folder of images")
     explain.add_argument("--out", required=True, help="output path; OUT.npy and OUT.png are "
@@ -193,7 +219,7 @@ def _add_evaluate(commands: Any) -> None:
                           "(split in three for rho; the first --samples for degradation)")
     evaluate.add_argument("--out", default="evaluation", help="output folder (default evaluation)")
     evaluate.add_argument("--methods", nargs="+", choices=METHODS, metavar="METHOD",
-                          default=list(METHODS), help="analyzers to degrade (default: all)")
+                          help="analyzers to degrade (default: the paper's ten)")
     evaluate.add_argument("--samples", type=positive, default=64,
                           help="inputs for the degradation curves (default 64)")
     evaluate.add_argument("--patch-size", type=positive, help="side of the square patches "
@@ -411,6 +437,8 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     output_folder(args.out)
     _start_tensorflow()
     from innv_pattern.cli_evaluate import run_evaluate
+
+    args.methods = args.methods or list(PAPER_METHODS)
 
     run_evaluate(args)
 

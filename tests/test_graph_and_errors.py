@@ -125,7 +125,7 @@ def test_selection_errors(conv_model):
     with pytest.raises(ValueError, match="only used"):
         ip.create_analyzer("gradient", conv_model).analyze(x, neuron_selection=1)
     with pytest.raises(ValueError, match="Accepted names"):
-        ip.create_analyzer("lrp.alpha_beta", conv_model)
+        ip.create_analyzer("lrp.gamma", conv_model)
     with pytest.raises(ValueError, match="neuron_selection_mode"):
         ip.create_analyzer("gradient", conv_model, neuron_selection_mode="top")
 
