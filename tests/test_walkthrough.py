@@ -1,6 +1,6 @@
 """The README's walkthrough (the paper's workflow on an ImageNet-style tree), run as written.
 
-:data:`WALKTHROUGH` is the markdown the README carries.  The test builds a small
+:data:`WALKTHROUGH` is the README's section, read from README.md.  The test builds a small
 synthetic ImageNet-style tree (class subfolders of ``.JPEG`` files of varied
 sizes, drawn with PIL) and runs every code block of the walkthrough in order:
 the model-building Python, the three ``innv-pattern`` commands (the installed
@@ -32,98 +32,17 @@ PIL = pytest.importorskip("PIL.Image")
 CLASSES = ("n01440764", "n01443537", "n01484850")   # ImageNet's first synsets, as folder names
 TRAIN_PER_CLASS, VAL_PER_CLASS = 4, 2
 
-WALKTHROUGH = """\
-### Walkthrough: VGG16 on an ImageNet-style folder
 
-The paper's workflow, from files to figures: fit the patterns of VGG16 on a
-folder of training images, explain validation images, measure the explanations.
-The images sit in one subfolder per class, as ImageNet ships them
-(`imagenet/train/n01440764/*.JPEG`, ...; any sizes: each image is resized to the
-model's 224x224). Here `weights=None` and three classes stand in for the
-pretrained model, so nothing is downloaded; with `keras.applications.VGG16()`
-(the ImageNet weights) every step is the same. `tests/test_walkthrough.py` runs
-this walkthrough as written on a synthetic tree (3 classes, 18 JPEGs), with
-one change: the model is built at 32x32 instead of 224x224, to fit the test
-suite's time on two CPU cores.
-
-The model, saved once:
-
-```python
-import keras
-
-model = keras.applications.VGG16(weights=None, classes=3)
-model.save("vgg16.keras")
-```
-
-On the command line: fit (the folder is decoded in parallel with `tf.data` and
-prefetched; `--strategy mirrored` spreads each batch over every GPU), explain
-the validation images with PatternAttribution, then measure rho for three
-layers and the image degradation of two analyzers against a random order.
-`--preprocess vgg16` applies `keras.applications.vgg16.preprocess_input` to
-the 0-255 images, in every command.
-
-```bash
-innv-pattern fit --model vgg16.keras --data imagenet/train --preprocess vgg16 \\
-    --strategy mirrored --batch-size 32 --out vgg16.patterns.h5
-innv-pattern explain --model vgg16.keras --patterns vgg16.patterns.h5 \\
-    --method pattern.attribution --input imagenet/val --preprocess vgg16 \\
-    --out explained/val_attribution
-innv-pattern evaluate --model vgg16.keras --patterns vgg16.patterns.h5 \\
-    --data imagenet/val --preprocess vgg16 \\
-    --layers block1_conv2 block3_conv3 block5_conv3 \\
-    --methods gradient pattern.attribution --samples 4 --out evaluation
-```
-
-`explain` writes `explained/val_attribution.npy` (one analysis per image),
-`.files.csv` (which image is which row, in natural order) and `.png`;
-`evaluate` writes `evaluation/evaluation.json`, `signal_quality.png` and
-`degradation.png`. (At 224x224 the degradation replaces 625 patches of 9x9
-pixels, one model call per patch and image: keep `--samples` small on a CPU.
-`--layers` leaves out the dense layers, whose 25088-input covariance would
-take 5 GB.)
-
-The same in Python, with a `tf.data` pipeline and a `MirroredStrategy` over
-every GPU (or every logical CPU device where there is none):
-
-```python
-import keras
-import numpy as np
-import tensorflow as tf
-
-import innv_pattern as ip
-
-model = keras.saving.load_model("vgg16.keras", compile=False)
+def _readme_walkthrough() -> str:
+    """The README's walkthrough section, from its heading to the next section."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index("## Walkthrough: VGG16 on an ImageNet-style folder")
+    end = readme.index("\n## ", start + 1)
+    return readme[start:end]
 
 
-def folder(path):
-    \"\"\"The images of every class subfolder, decoded in parallel, preprocessed, prefetched.\"\"\"
-    images = keras.utils.image_dataset_from_directory(
-        path, labels=None, image_size=model.input_shape[1:3], batch_size=32, shuffle=False)
-    return images.map(keras.applications.vgg16.preprocess_input,
-                      num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-
-devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
-patterns = ip.PatternComputer(model, pattern_type="relu", strategy=strategy).compute(
-    folder("imagenet/train"))
-patterns.save("vgg16.api.patterns.h5")
-
-x = np.concatenate(list(folder("imagenet/val").as_numpy_iterator()))
-analyzer = ip.create_analyzer("pattern.attribution", model, patterns=patterns)
-attribution = analyzer.analyze(x)
-
-half = len(x) // 2
-rho = ip.evaluate.signal_quality(
-    model, None, x[:half], x[half:], estimators=("random", "filter", "two_component"),
-    patterns=patterns, layers=["block1_conv2", "block3_conv3", "block5_conv3"])
-patch = max(2, min(9, x.shape[1] // 8))          # the paper's 9x9 patches at 224x224
-degradation = {name: ip.evaluate.perturbation_curve(model, analysis, x[:4], patch_size=patch)
-               for name, analysis in (("random", "random"),
-                                      ("pattern.attribution", attribution[:4]))}
-print({name: round(curve["aopc"], 3) for name, curve in degradation.items()})
-```
-"""
+#: The walkthrough as the README carries it (read from README.md: one copy, which this runs).
+WALKTHROUGH = _readme_walkthrough()
 
 #: The walkthrough's model line, and what the test builds instead (the only change).
 MODEL_LINE = "model = keras.applications.VGG16(weights=None, classes=3)"
