@@ -358,25 +358,26 @@ def test_bad_batches_under_a_mirrored_strategy(tmp_path):
         assert_matches_reference(model, Patterns.load(tmp_path / f"kept.{kind}.h5", model), x[:64])
 
 
-def test_large_kernels_sums_one_at_a_time_equal_parallel_sums(monkeypatch):
-    """On one CPU device the sums of large kernels are computed one op at a time (to bound
-    memory); forcing that order on every op gives the same float64 statistics, bit for bit
-    (each op's batch sums are the same float32 tensors, added in the same batch order), and
-    matches the float64 explicit-patch reference."""
+@pytest.mark.parametrize("fraction", [1e9, 0.0], ids=["keep_many", "every_batch"])
+def test_ops_that_keep_batches_give_the_sums_of_every_batch(fraction, monkeypatch):
+    """An op whose activations are small next to its kernel sums several batches at once
+    (up to MAX_KEPT, the rest at flush); keeping as many as allowed, or none, gives the same
+    statistics as each other (float32 round-off) and as the float64 explicit-patch reference,
+    including a last, partial group of batches."""
     model, x = digits_model()
-    x = x[:256]
-    parallel = PatternComputer(model).compute(x, batch_size=BATCH, verbose=0)
-    monkeypatch.setattr(fitter, "_LARGE_KERNEL", 1)
+    x = x[:7 * BATCH + 5]
+    reference = PatternComputer(model).compute(x, batch_size=BATCH, verbose=0)
+    monkeypatch.setattr(fitter, "BUFFER_FRACTION", fraction)
+    monkeypatch.setattr(fitter, "MAX_KEPT", 3)
     computer = PatternComputer(model)
-    serial = computer.compute(x, batch_size=BATCH, verbose=0)
-    assert computer._fitter._sequential
-    for name in parallel:
-        for kind in parallel.types:
-            np.testing.assert_array_equal(serial.for_type(kind)[name],
-                                          parallel.for_type(kind)[name])
-        for key, value in parallel.statistics[name].sums.items():
-            np.testing.assert_array_equal(serial.statistics[name].sums[key], value)
-    assert_matches_reference(model, serial, x)
+    kept = computer.compute(x, batch_size=BATCH, verbose=0)
+    assert set(computer._fitter._periods) == ({3} if fraction else {1})
+    assert kept.samples_seen == len(x)
+    for name in reference:
+        for key, value in reference.statistics[name].sums.items():
+            np.testing.assert_allclose(kept.statistics[name].sums[key], value, rtol=1e-5,
+                                       atol=1e-5 * np.abs(value).max())
+    assert_matches_reference(model, kept, x)
 
 
 def test_resuming_on_a_dataset_reads_each_batch_once(tmp_path):

@@ -197,8 +197,8 @@ def test_depthwise_layout_neurons_are_input_channel_and_multiplier():
 
 
 def test_errors_say_what_was_received_and_what_is_accepted():
-    with pytest.raises(ValueError, match=r"Unknown pattern_type 'relu.positive'.*'linear', 'relu'"):
-        expand_pattern_type("relu.positive")
+    with pytest.raises(ValueError, match=r"Unknown pattern_type 'relu.negative'.*'linear', 'relu'"):
+        expand_pattern_type("relu.negative")
     assert expand_pattern_type(("relu", "linear")) == ("relu.positive", "relu.negative", "linear")
     linear_only = PatternStatistics((2, 2), (1,), regimes=False)
     with pytest.raises(ValueError, match="Cannot compute pattern type 'relu.positive'"):

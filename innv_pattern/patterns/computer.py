@@ -27,7 +27,7 @@ import tensorflow as tf
 from innv_pattern import kinds
 from innv_pattern.canonize import (ActivationOp, CanonicalGraph, Interleave, KernelOp, LayerOp,
                                    Op, canonize)
-from innv_pattern.patterns.estimators import PatternStatistics, expand_pattern_type
+from innv_pattern.patterns.estimators import PatternStatistics, expand_pattern_type, regimes_of
 from innv_pattern.patterns.io import Fingerprint, Patterns
 from innv_pattern.patterns.layout import layout_of
 from innv_pattern.patterns.fitter import Fitter
@@ -87,7 +87,7 @@ class PatternComputer:
         for op in self._ops:
             self._keys.setdefault(op.pattern_key, op)  # a shared layer's calls share one
         _check_static_shapes(self._ops, self._graph)
-        self._regimes = any(t.startswith("relu") for t in self.types)
+        self._regimes = regimes_of(self.types)
         self._regime_sources = regime_sources(self._graph)
         self._state: dict[str, PatternStatistics] = {}
         self._samples = 0

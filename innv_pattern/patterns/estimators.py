@@ -57,8 +57,10 @@ import numpy as np
 __all__ = [
     "DEGENERATE_RTOL",
     "PATTERN_TYPES",
+    "POSITIVE",
     "PatternStatistics",
     "expand_pattern_type",
+    "regimes_of",
     "state_shapes",
 ]
 
@@ -67,7 +69,11 @@ PATTERN_TYPES: dict[str, tuple[str, ...]] = {
     "linear": ("linear",),
     "relu": ("relu.positive", "relu.negative"),
     "relu_eq7": ("relu_eq7.positive", "relu_eq7.negative"),
+    "relu.positive": ("relu.positive",),
+    "relu_eq7.positive": ("relu_eq7.positive",),
 }
+#: ``regimes`` value of statistics that keep the positive regime only (no ``sum_xy``).
+POSITIVE = "positive"
 #: Relative size of ``w^T num`` below which a neuron is degenerate.
 DEGENERATE_RTOL = 1e-6
 
@@ -87,11 +93,29 @@ def expand_pattern_type(pattern_type: str | Iterable[str]) -> tuple[str, ...]:
             f"Unknown pattern_type {pattern_type!r}. Accepted: one of "
             f"{sorted(PATTERN_TYPES)} or a tuple of them, such as ('linear', 'relu'): 'relu' "
             "is the two-component estimator with within-regime statistics (iNNvestigate "
-            "1.x), 'relu_eq7' the paper's Eq. 7 with the mean of y over all samples.")
+            "1.x), 'relu_eq7' the paper's Eq. 7 with the mean of y over all samples; "
+            "'relu.positive' fits only the pattern PatternNet uses, in two thirds of the memory.")
     types: list[str] = []
     for name in names:
         types.extend(t for t in PATTERN_TYPES[name] if t not in types)
     return tuple(types)
+
+
+def regimes_of(types: Iterable[str]) -> bool | str:
+    """The statistics concrete pattern ``types`` need: ``regimes`` of :class:`PatternStatistics`.
+
+    ``False`` (no ``relu*`` type: all-sample sums only), :data:`POSITIVE`
+    (positive-regime types only: two kernel-sized sums instead of three,
+    two thirds of the memory) or ``True`` (both regimes, or ``linear`` too).
+
+    Example:
+        >>> regimes_of(("relu.positive",)), regimes_of(("linear", "relu.positive"))
+        ('positive', True)
+    """
+    types = tuple(types)
+    if not any(t.startswith("relu") for t in types):
+        return False
+    return POSITIVE if all(t.endswith(".positive") for t in types) else True
 
 
 class PatternStatistics:
@@ -107,7 +131,9 @@ class PatternStatistics:
         neuron_axes: Kernel axes that index the output neurons (``(1,)`` for a
             Dense kernel ``(in, out)``, ``(2, 3)`` for a depthwise kernel
             ``(kh, kw, in, multiplier)``); the other axes are the fan-in.
-        regimes: Also keep positive-regime sums (needed by ``relu.*``).
+        regimes: Also keep positive-regime sums (needed by ``relu.*``);
+            :data:`POSITIVE` keeps them instead of the all-sample ``sum_xy``
+            (enough for ``*.positive`` types, see :func:`regimes_of`).
         x_shape: Shape of ``sum_x``, broadcastable to ``kernel_shape``: the
             sum of the inputs does not depend on the neuron along axes of size
             1 (for a Dense layer every neuron sees the same ``x``).  Defaults
@@ -115,11 +141,11 @@ class PatternStatistics:
     """
 
     def __init__(self, kernel_shape: Iterable[int], neuron_axes: Iterable[int],
-                 regimes: bool = True, x_shape: Iterable[int] | None = None) -> None:
+                 regimes: bool | str = True, x_shape: Iterable[int] | None = None) -> None:
         self.kernel_shape = tuple(int(d) for d in kernel_shape)
         self.x_shape = self.kernel_shape if x_shape is None else tuple(int(d) for d in x_shape)
         self.neuron_axes = _layout(self.kernel_shape, neuron_axes, self.x_shape)
-        self.regimes = bool(regimes)
+        self.regimes = _checked_regimes(regimes)
         self.sums = {name: np.zeros(shape) for name, shape in self.array_shapes().items()}
         self._empty = True  # no update yet: the first one can take its arrays over
 
@@ -187,7 +213,7 @@ class PatternStatistics:
             value = np.array(sums[name], dtype=np.float64, copy=copy or None)
             s[name] = value if value.shape == shape else np.broadcast_to(value, shape).copy()
         m, c = np.asarray(x_shift, np.float64), np.asarray(y_shift, np.float64)
-        work = _unshift(s["count"], s["sum_x"], s["sum_y"], s["sum_xy"], m, c)
+        work = _unshift(s["count"], s["sum_x"], s["sum_y"], s.get("sum_xy"), m, c)
         if self.regimes:
             _unshift(s["count_pos"], s["sum_x_pos"], s["sum_y_pos"], s["sum_xy_pos"], m, c, work)
         if self._empty:
@@ -233,6 +259,10 @@ class PatternStatistics:
         work = np.empty(self.kernel_shape)
         if shrinkage < 0:
             raise ValueError(f"shrinkage must be >= 0 pseudo-samples; received {shrinkage!r}.")
+        if shrinkage and self.regimes == POSITIVE:
+            raise ValueError("shrinkage needs the all-sample statistics, which positive-regime "
+                             "statistics (pattern_type 'relu.positive') do not keep; fit "
+                             "pattern_type='relu' for shrinkage.")
         for kind in types:
             numerator = np.empty(self.kernel_shape)
             count = self._numerator(kind, numerator)
@@ -254,10 +284,12 @@ class PatternStatistics:
         """
         s, n = self.sums, self.sums["count"]
         family, _, regime = kind.partition(".")
-        if kind != "linear" and (family not in ("relu", "relu_eq7") or not self.regimes
-                                 or regime not in ("positive", "negative")):
-            accepted = ["linear"] + ([f"{f}.{r}" for f in ("relu", "relu_eq7")
-                                      for r in ("positive", "negative")] if self.regimes else [])
+        regimes = ("positive",) if self.regimes == POSITIVE else ("positive", "negative")
+        if (kind == "linear" and self.regimes == POSITIVE) or kind != "linear" and (
+                family not in ("relu", "relu_eq7") or not self.regimes or regime not in regimes):
+            accepted = ([] if self.regimes == POSITIVE else ["linear"]) + (
+                [f"{f}.{r}" for f in ("relu", "relu_eq7") for r in regimes]
+                if self.regimes else [])
             raise ValueError(f"Cannot compute pattern type {kind!r} from these statistics; "
                              f"accepted: {accepted}.")
         count, sum_y = (n, s["sum_y"]) if kind == "linear" else (s["count_pos"], s["sum_y_pos"])
@@ -280,7 +312,7 @@ class PatternStatistics:
         return np.broadcast_to(count, self.neuron_shape)
 
 
-def state_shapes(kernel_shape: Iterable[int], neuron_axes: Iterable[int], regimes: bool,
+def state_shapes(kernel_shape: Iterable[int], neuron_axes: Iterable[int], regimes: bool | str,
                  x_shape: Iterable[int]) -> dict[str, tuple[int, ...]]:
     """Name and shape of every array of a state, without allocating any.
 
@@ -296,10 +328,18 @@ def state_shapes(kernel_shape: Iterable[int], neuron_axes: Iterable[int], regime
     axes = _layout(kernel_shape, neuron_axes, x_shape)
     neuron = tuple(d if i in axes else 1 for i, d in enumerate(kernel_shape))
     shapes = {"count": (), "sum_x": x_shape, "sum_y": neuron, "sum_xy": kernel_shape}
-    if regimes:
+    if _checked_regimes(regimes):
         shapes.update(count_pos=neuron, sum_y_pos=neuron, sum_x_pos=kernel_shape,
                       sum_xy_pos=kernel_shape)
+    if regimes == POSITIVE:
+        del shapes["sum_xy"]
     return shapes
+
+
+def _checked_regimes(regimes: Any) -> bool | str:
+    if regimes is not True and regimes is not False and regimes != POSITIVE:
+        raise ValueError(f"regimes must be True, False or {POSITIVE!r}; received {regimes!r}.")
+    return regimes
 
 
 def _layout(kernel_shape: tuple[int, ...], neuron_axes: Iterable[int],
@@ -318,16 +358,18 @@ def _layout(kernel_shape: tuple[int, ...], neuron_axes: Iterable[int],
     return tuple(sorted(a % rank for a in axes))
 
 
-def _unshift(n: np.ndarray, sx: np.ndarray, sy: np.ndarray, sxy: np.ndarray, m: np.ndarray,
-             c: np.ndarray, work: np.ndarray | None = None) -> np.ndarray:
+def _unshift(n: np.ndarray, sx: np.ndarray, sy: np.ndarray, sxy: np.ndarray | None,
+             m: np.ndarray, c: np.ndarray, work: np.ndarray | None = None) -> np.ndarray | None:
     """Turns sums of ``x - m``, ``y - c`` and their product into raw sums, in place.
 
-    ``work`` is a kernel-sized scratch array (made if ``None``, and returned).
+    ``work`` is a kernel-sized scratch array (made if ``None``, and returned);
+    ``sxy`` may be ``None`` (positive-regime statistics keep no total one).
     """
-    work = np.empty(sxy.shape) if work is None else work
-    sxy += np.multiply(sx, c, out=work)
-    sxy += np.multiply(m, sy, out=work)
-    sxy += np.multiply(n * m, c, out=work)
+    if sxy is not None:
+        work = np.empty(sxy.shape) if work is None else work
+        sxy += np.multiply(sx, c, out=work)
+        sxy += np.multiply(m, sy, out=work)
+        sxy += np.multiply(n * m, c, out=work)
     sx += n * m
     sy += n * c
     return work

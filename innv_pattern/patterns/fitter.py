@@ -1,27 +1,34 @@
 """The compiled per-batch work of a pattern fit, and where its sums accumulate.
 
-One ``tf.function`` runs the forward pass and every kernel op's batch sums
-(:func:`~innv_pattern.patterns.sums.batch_sums`) on each replica and sums
-them over replicas.  The float64 accumulators live where memory is cheapest:
+A batch is one compiled forward pass (every kernel op's input, linear output
+and regime, and a finiteness check), then, per kernel op, one compiled call
+for its sums (:func:`~innv_pattern.patterns.sums.batch_sums`: one kernel
+gradient per statistic), summed over replicas, added to float64
+accumulators, and freed before the next op's are computed.
+
+The kernel-sized work of an op (its kernel gradients and the float64 add)
+does not depend on the batch size, so an op whose batch of inputs and
+outputs is small next to its kernel (Dense layers, late convolutions) keeps
+its forward values of a few batches (at most :data:`BUFFER_FRACTION` of its
+kernel's size) and computes its sums once on all of them: the same sums,
+taken over more samples at once.  Early convolutions, whose activations
+outweigh their kernels, are summed every batch.
+
+The float64 accumulators live where memory is cheapest:
 
 * on the host (numpy) when every device of the strategy is a CPU: each op's
-  float32 sums are added in place (from inside the step, through
-  ``tf.numpy_function``), so no second float64 copy of the statistics
-  exists (on a CPU, device memory is host memory).  On one device the sums
-  of large kernels are computed one after the other, each once the previous
-  ops' are added, so only one large op's float32 sums exist at a time;
-* on the devices (float64 variables) otherwise, so that GPUs do not ship
-  kernel-sized sums to the host after every batch.
+  float32 sums are added in place, so no second float64 copy of the
+  statistics exists (on a CPU, device memory is host memory);
+* on the devices (float64 variables) otherwise, added inside the compiled
+  call, so that GPUs do not ship kernel-sized sums to the host.
 
 A batch adds all of its sums or none: :meth:`Fitter.check` refuses a batch of
-the wrong structure, shape or dtype on the host before the step runs, and the
-step adds only if every sum it is about to add is finite (a NaN or infinite
-input, or an overflow inside the model), else :meth:`Fitter.step` raises.
-On one CPU device that is decided from the forward pass before any sum is
-computed: every kernel op's input and output are finite and small enough
-that no float32 sum of their products can overflow
-(:func:`_sums_fit_float32`).  Otherwise the sums themselves are checked, and
-every op's float32 sums of a batch wait for the last op's.
+the wrong structure, shape or dtype on the host before the step runs, and
+the forward pass decides, before any sum is computed, that every kernel op's
+input and output are finite and small enough that no float32 sum of their
+products (over the batches an op keeps) can overflow
+(:func:`_sums_fit_float32`); else :meth:`Fitter.step` raises and the batch
+is not kept.
 
 Example:
     >>> import keras, numpy as np, tensorflow as tf
@@ -44,11 +51,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import functools
+
 import numpy as np
 import tensorflow as tf
 
 from innv_pattern.canonize import KernelOp
-from innv_pattern.patterns.estimators import PatternStatistics
+from innv_pattern.patterns.estimators import POSITIVE, PatternStatistics
 from innv_pattern.patterns.sums import batch_sums, channel_sums, finish
 
 __all__ = ["Fitter", "cpu_only"]
@@ -85,24 +94,27 @@ class Fitter:
             computer._layouts[op.name].neuron_shape)), dtypes[op.inputs[0]]), trainable=False)
             for op in computer._ops}
         options = dict(reduce_retracing=True, autograph=False)
-        self._host: dict[str, Any] = {}  # the accumulators the host step adds to
-        self._add_on_host = tf.function(self._distributed_host_add, **options)
-        self._sequential = self.on_host and computer.strategy.num_replicas_in_sync == 1
-        self._add_in_order = tf.function(self._sequential_host_add, **options)
-        self._accumulate = tf.function(self._distributed_accumulate, **options)
+        self._forward_values = tf.function(self._distributed_forward, **options)
+        self._op_sums = [tf.function(functools.partial(self._distributed_op_sums, i), **options)
+                         for i in range(len(computer._ops))]
+        self._periods: list[int] | None = None  # batches each op keeps before summing
         self.shift = tf.function(self._distributed_shift, **options)
 
     def accumulators(self) -> dict[str, Any]:
-        """Zero float64 accumulators (numpy arrays or variables) for every batch sum."""
+        """Zero float64 accumulators (numpy arrays or variables) for every batch sum.
+
+        They also hold, under ``"kept"``, the forward values of the batches
+        each op has not summed yet (:meth:`flush` sums them).
+        """
         zeros = (np.zeros if self.on_host else
                  lambda shape: tf.Variable(tf.zeros(shape, tf.float64), trainable=False))
-        acc: dict[str, Any] = {"samples": zeros(())}
+        acc: dict[str, Any] = {"samples": np.zeros(()), "kept": [[] for _ in self.c._ops]}
         for op in self.c._ops:
             acc[op.name] = {k: zeros(shape) for k, shape in self._sum_shapes(op).items()}
         return acc
 
     def step(self, acc: dict[str, Any], x: Any, index: int = 0) -> int:
-        """Adds one (distributed) batch's sums to ``acc``; returns its number of samples.
+        """Adds one (distributed) batch to ``acc``; returns its number of samples.
 
         Args:
             acc: From :meth:`accumulators`.
@@ -110,20 +122,51 @@ class Fitter:
             index: The batch's index in the pass (0-based), for error messages.
 
         Raises:
-            ValueError: If a sum of the batch is not finite (NaN or infinite
-                inputs, or an overflow inside the model); nothing of the batch
-                was added to ``acc``.
+            ValueError: If a sum of the batch could be non-finite (NaN or
+                infinite inputs, or an overflow inside the model); nothing of
+                the batch was added to ``acc``.
         """
-        if self.on_host:
-            self._host = acc
-            add = self._add_in_order if self._sequential else self._add_on_host
-            samples, finite = add(x)
-        else:
-            samples, finite = self._accumulate(acc, x)
-        finite = np.asarray(finite)
+        values, finite, samples = self._forward_values(x)
+        finite, samples = np.asarray(finite), float(samples)
         if not finite.all():
             raise ValueError(self._non_finite_message(x, finite, index))
+        if self._periods is None:
+            self._periods = self._kept_batches(samples)
+        acc["samples"] += samples
+        for kept, value in zip(acc["kept"], values):
+            kept.append(value)
+        for i, period in enumerate(self._periods):
+            if len(acc["kept"][i]) >= period:
+                self._add_kept(acc, i)
         return int(samples)
+
+    def _kept_batches(self, samples: float) -> list[int]:
+        """Per op, how many batches (of ``samples``) it keeps before summing them.
+
+        An op keeps batches while their inputs, outputs and regimes take at
+        most :data:`BUFFER_FRACTION` of its kernel's size, and at most
+        :data:`MAX_KEPT` (over all replicas) so that a float32 sum over them
+        stays within the bound :func:`_sums_fit_float32` checks.
+        """
+        shapes, periods = self.c._graph.shapes, []
+        most = max(1, MAX_KEPT // self.c.strategy.num_replicas_in_sync)
+        for op in self.c._ops:
+            per_sample = (2 * np.prod(shapes[op.outputs[0]][1:]) + np.prod(shapes[op.inputs[0]][1:]))
+            kept = BUFFER_FRACTION * np.prod(op.kernel_shape) / (samples * per_sample)
+            periods.append(int(min(max(kept, 1), most)))
+        return periods
+
+    def _add_kept(self, acc: dict[str, Any], i: int) -> None:
+        """Sums the batches op ``i`` kept and adds them to ``acc``."""
+        op, kept = self.c._ops[i], acc["kept"][i]
+        if not kept:
+            return
+        target = None if self.on_host else acc[op.name]
+        sums = self._op_sums[i](list(kept), target)
+        kept.clear()
+        if self.on_host:
+            for name, value in sums.items():
+                np.add(acc[op.name][name], value.numpy(), out=acc[op.name][name])
 
     def check(self, x: Any, index: int) -> None:
         """Raises ``ValueError`` or ``TypeError`` naming batch ``index`` if ``x`` does not fit.
@@ -181,10 +224,13 @@ class Fitter:
         layout = self.c._layouts[op.name]
         shapes = self.c._graph.shapes
         out = tuple(shapes[op.outputs[0]][1:])
-        names = ["sum_x_pos", "sum_xy_pos", "sum_xy_neg"] if self.c._regimes else ["sum_xy"]
+        regimes = self.c._regimes
+        names = (["sum_xy"] if not regimes else ["sum_x_pos", "sum_xy_pos"] if
+                 regimes == POSITIVE else ["sum_x_pos", "sum_xy_pos", "sum_xy_neg"])
         total = (1,) + out if layout.padded else (out[op.channel_axis],)
         result = {name: layout.kernel_shape for name in names}
-        result.update({"total:" + name: total for name in names})
+        result.update({"total:" + name: total for name in names
+                       + (["sum_xy"] if regimes == POSITIVE else [])})
         result.update(x_total=(1,) + tuple(shapes[op.inputs[0]][1:]), count=(), images=())
         return result
 
@@ -219,95 +265,47 @@ class Fitter:
         return [(op, x, y, tf.ones_like(out) if sources[op.name] is None
                  else values[sources[op.name]], kernel) for op, x, y, out, kernel in found]
 
-    def _batch_sums(self, op: KernelOp, x: tf.Tensor, y: tf.Tensor, regime: tf.Tensor,
+    def _batch_sums(self, op: KernelOp, x: tf.Tensor, y: tf.Tensor, pos: tf.Tensor,
                     kernel: tf.Tensor) -> dict[str, tf.Tensor]:
-        """The sums of one op; its regime is ``regime > 0`` (see :meth:`_forward`)."""
-        return batch_sums(op, self.c._layouts[op.name], x, y, regime, self.means[op.name],
+        """The sums of one op over some samples; ``pos``: their positive regime."""
+        return batch_sums(op, self.c._layouts[op.name], x, y, pos, self.means[op.name],
                           self.y_shifts[op.name], self.c._regimes, kernel)
 
-    def _replica_sums(self, x: Any) -> dict[str, Any]:
-        xs = self._inputs(x)
-        sums: dict[str, Any] = {op.name: self._batch_sums(op, x_in, y, out, kernel)
-                                for op, x_in, y, out, kernel in self._forward(xs)}
-        sums["samples"] = tf.cast(tf.shape(xs[0])[0], tf.float64)
-        return _all_reduce(sums)
-
-    def _distributed_sums(self, x: Any) -> dict[str, Any]:
-        per_replica = self.c.strategy.run(self._replica_sums, args=(x,))
-        return self.c.strategy.experimental_local_results(per_replica)[0]
-
-    def _finite(self, total: dict[str, Any]) -> tf.Tensor:
-        """One flag per op: every sum it adds is finite (a sum of its entries is: no NaN or inf)."""
-        return tf.stack([tf.math.is_finite(tf.add_n([
-            tf.cast(tf.reduce_sum(v), tf.float64) for v in total[op.name].values()]))
-            for op in self.c._ops])
-
-    def _distributed_accumulate(self, acc: dict[str, Any], x: Any) -> tuple[tf.Tensor, tf.Tensor]:
-        total = self._distributed_sums(x)
-        finite = self._finite(total)
-
-        def add() -> tf.Tensor:
-            for op in self.c._ops:
-                for name, var in acc[op.name].items():
-                    var.assign_add(tf.cast(total[op.name][name], tf.float64))
-            acc["samples"].assign_add(total["samples"])
-            return tf.constant(True)
-
-        tf.cond(tf.reduce_all(finite), add, lambda: tf.constant(False))
-        return total["samples"], finite
-
-    def _distributed_host_add(self, x: Any) -> tuple[tf.Tensor, tf.Tensor]:
-        total = self._distributed_sums(x)
-        finite = self._finite(total)
-        ok = tf.reduce_all(finite)
-        for op in self.c._ops:  # one call per op: its sums are freed once added
-            names = list(total[op.name])
-            tf.numpy_function(self._adder(op.name, names),
-                              [ok] + [total[op.name][n] for n in names], tf.bool, stateful=True)
-        tf.numpy_function(self._adder("samples"), [ok, total["samples"]], tf.bool, stateful=True)
-        return total["samples"], finite
-
-    def _sequential_host_add(self, x: Any) -> tuple[tf.Tensor, tf.Tensor]:
-        """One device, host accumulators: the forward pass, then each op's sums in turn.
-
-        The batch is checked on the forward values alone, so each op's sums
-        can be added (and freed) before the next op's are computed.
-        """
+    def _replica_forward(self, x: Any) -> tuple[list[tuple[tf.Tensor, ...]], tf.Tensor,
+                                                 tf.Tensor]:
+        """Per op ``(input, linear output, positive regime)``; finiteness per op; samples."""
         xs = self._inputs(x)
         forward = self._forward(xs)
-        finite = tf.stack([_sums_fit_float32(x_in, y, out, self.means[op.name],
-                                             self.y_shifts[op.name])
-                           for op, x_in, y, out, _ in forward])
-        ok = tf.reduce_all(finite)
-        done = [ok]
-        for op, x_in, y, out, kernel in forward:
-            large = int(np.prod(op.kernel_shape)) >= _LARGE_KERNEL
-            # A large kernel's sums wait until every earlier op's are added.
-            with tf.control_dependencies(done if large else [ok]):
-                sums = self._batch_sums(op, x_in, y, out, kernel)
-            names = list(sums)
-            added = tf.numpy_function(self._adder(op.name, names),
-                                      [ok] + [sums[n] for n in names], tf.bool, stateful=True)
-            done = [added] if large else done + [added]
-        samples = tf.cast(tf.shape(xs[0])[0], tf.float64)
-        with tf.control_dependencies(done):
-            tf.numpy_function(self._adder("samples"), [ok, samples], tf.bool, stateful=True)
-        return tf.identity(samples), finite
+        risky = [tf.logical_not(_sums_fit_float32(x_in, y, out, self.means[op.name],
+                                                  self.y_shifts[op.name]))
+                 for op, x_in, y, out, _ in forward]
+        total = _all_reduce({"risky": tf.cast(tf.stack(risky), tf.float64),
+                             "samples": tf.cast(tf.shape(xs[0])[0], tf.float64)})
+        values = [(x_in, y, out > 0) for _, x_in, y, out, _ in forward]
+        return values, tf.equal(total["risky"], 0.0), total["samples"]
 
-    def _adder(self, key: str, names: list[str] | None = None) -> Any:
-        """Adds its arguments to the host accumulators ``key`` (and ``names``), in place.
+    def _distributed_forward(self, x: Any) -> tuple[Any, tf.Tensor, tf.Tensor]:
+        values, finite, samples = self.c.strategy.run(self._replica_forward, args=(x,))
+        local = self.c.strategy.experimental_local_results
+        return values, local(finite)[0], local(samples)[0]
 
-        The first argument is the batch's finiteness flag: nothing is added if it is false.
-        Returns the flag (something to wait for).
-        """
-        def add(ok: np.ndarray, *values: np.ndarray) -> np.ndarray:
-            if ok:
-                targets = ([self._host[key]] if names is None
-                           else [self._host[key][n] for n in names])
-                for target, value in zip(targets, values):
-                    np.add(target, value, out=target)
-            return np.asarray(ok, dtype=bool)
-        return add
+    def _replica_op_sums(self, i: int, kept: list[tuple[tf.Tensor, ...]]) -> dict[str, tf.Tensor]:
+        op = self.c._ops[i]
+        x, y, pos = (tf.concat(list(parts), 0) if len(parts) > 1 else parts[0]
+                     for parts in zip(*kept))
+        return _all_reduce(self._batch_sums(op, x, y, pos, op.get_kernel()))
+
+    def _distributed_op_sums(self, i: int, kept: list[tuple[Any, ...]],
+                             target: dict[str, tf.Variable] | None) -> dict[str, tf.Tensor]:
+        """Op ``i``'s sums over the kept batches; added to ``target`` if given (on devices)."""
+        per_replica = self.c.strategy.run(functools.partial(self._replica_op_sums, i),
+                                          args=(kept,))
+        sums = self.c.strategy.experimental_local_results(per_replica)[0]
+        if target is None:
+            return sums
+        for name, var in target.items():
+            var.assign_add(tf.cast(sums[name], tf.float64))
+        return {}
 
     def _replica_means(self, x: Any) -> dict[str, Any]:
         _, values = self.c._graph.run(self._inputs(x), keep=True)
@@ -337,6 +335,9 @@ class Fitter:
         Empties ``acc`` op by op; the calls of a shared layer add up to one
         statistics object.
         """
+        for i in range(len(self.c._ops)):
+            self._add_kept(acc, i)
+        acc.pop("kept")
         samples = int(np.asarray(acc.pop("samples")))
         statistics = {}
         for op in self.c._ops:
@@ -354,10 +355,13 @@ class Fitter:
         return samples, statistics
 
 
-#: Kernels of at least this many weights get their batch sums computed one at a
-#: time (12 bytes per weight each); smaller ones run in parallel, as their memory
-#: is small and serializing them costs time (14% for a 0.5M-weight CNN on 2 cores).
-_LARGE_KERNEL = 1 << 20
+#: An op keeps batches while their inputs, outputs and regimes (float32) take at
+#: most this fraction of its kernel's size: half a float32 kernel, against the
+#: 12 bytes per weight of its float32 sums and 24 of its float64 accumulators.
+BUFFER_FRACTION = 0.5
+#: Most batches (times replicas) summed at once: a float32 sum over them stays
+#: below ``MAX_KEPT * _FLOAT32_SUM_BOUND``, well within float32's range.
+MAX_KEPT = 64
 
 #: Bound on any float32 batch sum of products of a kernel op's (shifted) input and
 #: output entries: well below float32's largest value (3.4e38).

@@ -26,7 +26,7 @@ Example:
     >>> op = canonize(keras.Model(inp, keras.layers.Dense(2)(inp))).kernel_ops[0]
     >>> x, kernel = tf.ones((4, 3)), op.get_kernel()
     >>> y = op.linear(x, kernel)
-    >>> sums = batch_sums(op, layout_of(op), x, y, y, tf.zeros(3), tf.zeros(2), True, kernel)
+    >>> sums = batch_sums(op, layout_of(op), x, y, y > 0, tf.zeros(3), tf.zeros(2), True, kernel)
     >>> sums = {k: v.numpy().astype("float64") for k, v in sums.items()}
     >>> found = finish(op, layout_of(op), sums, tf.zeros(3))
     >>> float(found["count"]), found["sum_x"].shape
@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from innv_pattern.canonize import KernelOp
+from innv_pattern.patterns.estimators import POSITIVE
 from innv_pattern.patterns.layout import KernelLayout
 
 __all__ = ["batch_sums", "channel_sums", "finish", "kernel_grads"]
@@ -84,7 +85,7 @@ def _per_channel(v: tf.Tensor, channel_axis: int, rank: int) -> tf.Tensor:
 
 
 def batch_sums(op: KernelOp, layout: KernelLayout, x: tf.Tensor, y: tf.Tensor,
-               out: tf.Tensor, mean: tf.Tensor, y_shift: tf.Tensor, regimes: bool,
+               pos: tf.Tensor, mean: tf.Tensor, y_shift: tf.Tensor, regimes: bool | str,
                kernel: tf.Tensor) -> dict[str, tf.Tensor]:
     """One batch's sums around the shift, to be added up over batches.
 
@@ -93,10 +94,11 @@ def batch_sums(op: KernelOp, layout: KernelLayout, x: tf.Tensor, y: tf.Tensor,
         layout: ``layout_of(op)``.
         x: The op's input batch.
         y: ``op.linear(x, kernel)``, the output without bias.
-        out: The op's output, bias included: the regime is ``out > 0``.
+        pos: The positive regime (bool, like ``y``).
         mean: Input shift, one value per input channel.
         y_shift: Output shift, one value per output channel (``w^T m``).
-        regimes: Also compute the positive-regime sums.
+        regimes: Also compute the positive-regime sums; ``"positive"``:
+            those instead of the all-sample ``x y`` (its total is still given).
         kernel: The op's kernel.
 
     Returns:
@@ -111,13 +113,15 @@ def batch_sums(op: KernelOp, layout: KernelLayout, x: tf.Tensor, y: tf.Tensor,
     xs = x - _per_channel(mean, axis, len(x.shape))
     ys = y - _per_channel(y_shift, axis, len(y.shape))
     if regimes:
-        pos = out > 0
         positive = tf.where(pos, ys, tf.zeros_like(ys))
-        gs = {"sum_x_pos": tf.cast(pos, ys.dtype), "sum_xy_pos": positive,
-              "sum_xy_neg": ys - positive}
+        gs = {"sum_x_pos": tf.cast(pos, ys.dtype), "sum_xy_pos": positive}
+        if regimes != POSITIVE:
+            gs["sum_xy_neg"] = ys - positive
     else:
         gs = {"sum_xy": ys}
     sums = dict(zip(gs, kernel_grads(op, xs, kernel, list(gs.values()))))
+    if regimes == POSITIVE:  # the all-sample sum of y, without a kernel gradient
+        gs["sum_xy"] = ys
     for name, g in gs.items():
         sums[_TOTAL + name] = (tf.reduce_sum(g, axis=0, keepdims=True) if layout.padded
                                else channel_sums(g, axis))
@@ -163,8 +167,8 @@ def _single_image_sums(op: KernelOp, layout: KernelLayout, s: dict[str, np.ndarr
                        names: list[str], mean: tf.Tensor) -> dict[str, tf.Tensor]:
     """Per-neuron sums, the sum of ``x``, and padding corrections (as ``total:<name>``)."""
     s = {k: tf.constant(v, tf.float64) for k, v in s.items()}
-    found = {_NEURON_SUM[n]: tf.reshape(channel_sums(s[_TOTAL + n], op.channel_axis),
-                                        layout.neuron_shape) for n in names}
+    found = {_NEURON_SUM[n]: tf.reshape(channel_sums(s[k], op.channel_axis), layout.neuron_shape)
+             for n in _NEURON_SUM if (k := _TOTAL + n) in s}
     compact = layout.compact_kernel(tf.zeros(layout.kernel_shape, tf.float64))
     found["sum_x"] = kernel_grads(op, s["x_total"], compact, [_ones_out(op, s["x_total"],
                                                                         compact)])[0]
