@@ -380,11 +380,9 @@ def _run_explain(args: argparse.Namespace) -> None:
 
 def _analyzer(method: str, model: Any, patterns: Any, neuron: int | None) -> Any:
     import innv_pattern as ip
+    from innv_pattern.evaluate import pattern_options
 
-    options: dict[str, Any] = {}
-    if patterns is not None:
-        kind = next(t for t in ("relu", "relu_eq7", "linear") if patterns.has_type(t))
-        options = {"patterns": patterns.for_type(kind), "pattern_type": kind}
+    options = {} if patterns is None else pattern_options(patterns)
     mode = "max_activation" if neuron is None else "index"
     return ip.create_analyzer(method, model, neuron_selection_mode=mode, **options)
 

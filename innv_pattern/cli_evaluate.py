@@ -18,6 +18,7 @@ import numpy as np
 from innv_pattern.cli_args import input_options
 from innv_pattern.cli_io import UserError, load_model, read_inputs
 from innv_pattern.cli_patterns import check_input_scale, load_patterns
+from innv_pattern.tables import markdown_table
 
 __all__ = ["run_evaluate"]
 
@@ -45,7 +46,6 @@ def run_evaluate(args: argparse.Namespace) -> None:
 def _evaluate_rho(model: Any, patterns: Any, x: np.ndarray,
                   args: argparse.Namespace) -> dict[str, Any]:
     """rho per layer: the read-out fitted on the first half of ``x``, measured on the second."""
-    from innv_pattern.demo import markdown_table
     from innv_pattern.evaluate import plot_signal_quality, signal_quality
 
     estimators = ["random", "filter"] + ["linear"] * patterns.has_type("linear") + \
@@ -67,15 +67,16 @@ def _evaluate_rho(model: Any, patterns: Any, x: np.ndarray,
 
 def _evaluate_degradation(model: Any, patterns: Any, x: np.ndarray,
                           args: argparse.Namespace) -> dict[str, Any]:
-    from innv_pattern.demo import analyze_all, degradation, markdown_table
-    from innv_pattern.evaluate import plot_perturbation_curves
+    from innv_pattern.evaluate import (analyze_all, degradation_curves, plot_perturbation_curves,
+                                       smoothgrad_noise)
     from innv_pattern.evaluate.perturbation import degrading_patch_size
 
     patch = args.patch_size or degrading_patch_size(min(x.shape[1:3]))
     print(f"Image degradation of {len(x)} inputs for {len(args.methods)} analyzers and a random "
           f"order, patches of {patch}x{patch} pixels...")
-    analyses = analyze_all(model, x, patterns, 1, tuple(args.methods))
-    curves = degradation(model, x, analyses, patch_size=patch)
+    analyses = analyze_all(model, x, args.methods, patterns=patterns, batch_size=None,
+                           analyzer_kwargs=smoothgrad_noise(x), verbose=1)
+    curves = degradation_curves(model, x, analyses, patch_size=patch)
     aopc = {label: curve["aopc"] for label, curve in curves.items()}
     print(markdown_table(["analyzer", "AOPC (higher: steeper decay)"],
                          [[k, v] for k, v in sorted(aopc.items(), key=lambda kv: -kv[1])]))

@@ -29,12 +29,11 @@ import innv_pattern as ip
 from innv_pattern import datasets, viz
 from innv_pattern.analyzer_base import KINDS
 from innv_pattern.analyzers import analyzer_classes
+from innv_pattern.evaluate import analyze_all, smoothgrad_noise
 from innv_pattern.patterns import PatternComputer
+from innv_pattern.tables import markdown_table
 
-__all__ = [
-    "DemoSettings", "analyze_all", "default_patch_size", "degradation", "markdown_table",
-    "photo_crops", "render_report", "run_demo",
-]
+__all__ = ["DemoSettings", "photo_crops", "render_report", "run_demo"]
 
 #: The analyzers of the demo, in the paper's order: function, signal, attribution.
 ANALYZERS = tuple(name for kind in KINDS for name, cls in analyzer_classes().items()
@@ -105,25 +104,11 @@ def _accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(model.predict(x, verbose=0).argmax(-1) == y))
 
 
-def analyze_all(model: keras.Model, x: np.ndarray, patterns: Any, verbose: int,
-                 methods: tuple[str, ...] = ANALYZERS) -> dict[str, np.ndarray]:
-    """Every analyzer's analysis of ``x``, with a progress bar over the analyzers.
-
-    ``patterns`` (:class:`innv_pattern.Patterns`) serve the pattern analyzers;
-    SmoothGrad's noise is 15% of the range of ``x``.
-    """
-    spread = float(np.max(x) - np.min(x)) or 1.0
-    kind = "relu" if patterns.has_type("relu") else "linear"
-    chosen = {"patterns": patterns.for_type(kind), "pattern_type": kind}
-    options = {"smoothgrad": {"noise_scale": 0.15 * spread}}
-    classes = analyzer_classes()
-    bar = keras.utils.Progbar(len(methods), unit_name="analyzer", verbose=verbose)
-    result = {}
-    for i, name in enumerate(methods):
-        extra = chosen if classes[name].needs_patterns else options.get(name, {})
-        result[name] = ip.create_analyzer(name, model, **extra).analyze(x)
-        bar.update(i + 1)
-    return result
+def _analyze_all(model: keras.Model, x: np.ndarray, patterns: Any, verbose: int,
+                 methods: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Every analyzer's analysis of ``x``; SmoothGrad's noise is 15% of the range of ``x``."""
+    return analyze_all(model, x, methods, patterns=patterns, batch_size=None,
+                       analyzer_kwargs=smoothgrad_noise(x), verbose=verbose)
 
 
 def _labels(model: keras.Model, x: np.ndarray, y: np.ndarray, names: Any) -> list[str]:
@@ -163,7 +148,7 @@ def _explain_digits(out: str, digits: dict[str, Any], settings: DemoSettings,
     """Analyses of the first test digits (kept for the degradation), a grid of one per class."""
     x, y = (digits[k][:settings.degradation_samples] for k in ("x_test", "y_test"))
     model = digits["model"]
-    digits["analyses"] = analyze_all(model, x, digits["patterns"], verbose, settings.analyzers)
+    digits["analyses"] = _analyze_all(model, x, digits["patterns"], verbose, settings.analyzers)
     shown = np.concatenate([np.flatnonzero(y == d)[:1] for d in range(10)])[:settings.shown]
     fig = viz.plot_grid(x[shown], {k: v[shown] for k, v in digits["analyses"].items()},
                         _labels(model, x[shown], y[shown], range(10)))
@@ -193,7 +178,7 @@ def _ground_truth(out: str, settings: DemoSettings, steps: _Steps, verbose: int)
         model = _least_squares_model(gt.x, z)
         patterns = _fit_patterns(model, gt.x, "linear", verbose)
         x = gt.x[:settings.degradation_samples]
-        analyses = analyze_all(model, x, patterns, verbose, settings.analyzers)
+        analyses = _analyze_all(model, x, patterns, verbose, settings.analyzers)
     accuracy = {name: explanation_accuracy(a, gt.signal_mask) for name, a in analyses.items()}
     sign = z[:len(x)]
     shown = np.concatenate([np.flatnonzero(sign == 1)[:2], np.flatnonzero(sign == -1)[:1]])
@@ -278,7 +263,7 @@ def _photos(out: str, settings: DemoSettings, steps: _Steps, verbose: int) -> di
         patterns = _fit_patterns(model, x, "relu", verbose)
         x_new, y_new = photo_crops(len(PHOTOS) * 16, settings.photo_size, settings.seed + 1)
         shown = _structured(x_new, y_new)
-        analyses = analyze_all(model, x_new[shown], patterns, verbose, settings.analyzers)
+        analyses = _analyze_all(model, x_new[shown], patterns, verbose, settings.analyzers)
     labels = _labels(model, x_new[shown], y_new[shown], PHOTOS)
     viz.plot_grid(x_new[shown], analyses, labels).savefig(os.path.join(out, "photos_grid.png"),
                                                           dpi=72)
@@ -299,43 +284,13 @@ def _signal_quality(out: str, digits: dict[str, Any], steps: _Steps) -> dict[str
     return {"figure": "signal_quality.png", "rho": rho}
 
 
-def default_patch_size(side: int) -> int:
-    """The paper's 9x9 patches for images of 72 pixels or more, else ``side // 8`` (at least 1).
-
-    Example:
-        >>> default_patch_size(224), default_patch_size(16), default_patch_size(5)
-        (9, 2, 1)
-    """
-    return max(1, min(9, side // 8))
-
-
-def degradation(model: keras.Model, x: np.ndarray, analyses: dict[str, np.ndarray],
-                patch_size: int | None = None, verbose: int = 1) -> dict[str, Any]:
-    """Image degradation (Fig. 4a) for each analysis and the random order, at most 100 steps.
-
-    Returns:
-        ``{label: perturbation_curve(...)}``, ``"random"`` first.
-    """
-    from innv_pattern.evaluate import perturbation_curve
-
-    size = patch_size or default_patch_size(min(x.shape[1:3]))
-    steps = min(100, -(-x.shape[1] // size) * -(-x.shape[2] // size))
-    orders = {"random": "random", **analyses}
-    bar = keras.utils.Progbar(len(orders), unit_name="curve", verbose=verbose)
-    curves = {}
-    for i, (label, analysis) in enumerate(orders.items()):
-        curves[label] = perturbation_curve(model, analysis, x, patch_size=size, steps=steps)
-        bar.update(i + 1)
-    return curves
-
-
 def _degradation(out: str, digits: dict[str, Any], settings: DemoSettings, steps: _Steps,
                  verbose: int) -> dict[str, Any]:
-    from innv_pattern.evaluate import plot_perturbation_curves
+    from innv_pattern.evaluate import degradation_curves, plot_perturbation_curves
 
     x = digits["x_test"][:settings.degradation_samples]
     with steps.step(f"Image degradation of {len(x)} test digits, every analyzer and random order"):
-        curves = degradation(digits["model"], x, digits["analyses"], patch_size=4 if
+        curves = degradation_curves(digits["model"], x, digits["analyses"], patch_size=4 if
                              settings.digits_size >= 16 else None, verbose=verbose)
     fig = plot_perturbation_curves({viz.DISPLAY_NAMES.get(k, k): v for k, v in curves.items()},
                                    title="Image degradation (digits CNN)")
@@ -387,13 +342,6 @@ def run_demo(out: str = "demo_output", quick: bool = False, verbose: int = 1,
     with open(report, "w") as f:
         f.write(render_report(results, out))
     return report
-
-
-def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
-    """A markdown table; floats with 3 decimals."""
-    cell = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])
 
 
 def _rho_section(rho: dict[str, dict[str, float]]) -> str:

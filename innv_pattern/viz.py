@@ -12,10 +12,10 @@ Two ways of drawing, as in Fig. 1 and Fig. 5 of Kindermans et al. (2018):
 
 :func:`plot_grid` puts several inputs and analyzers side by side, grouped by
 what they show, as in Fig. 5; :func:`plot_toy` draws the linear toy example of
-Fig. 2. The plots of the evaluations, rho per layer as Fig. 3
-(:func:`plot_signal_quality`) and degradation curves as Fig. 4a
-(:func:`plot_perturbation_curves`), live in :mod:`innv_pattern.evaluate` and
-are re-exported here. Everything returns numpy arrays or
+Fig. 2. The plots of the evaluations, rho per layer as Fig. 3 and
+degradation curves as Fig. 4a, live next to what they draw
+(:func:`innv_pattern.evaluate.plot_signal_quality`,
+:func:`innv_pattern.evaluate.plot_perturbation_curves`). Everything returns numpy arrays or
 ``matplotlib.figure.Figure`` objects made without ``pyplot``: no global state,
 no window, any backend (``fig.savefig(path)`` to write a file; in Jupyter,
 ``%matplotlib inline`` shows a figure that ends a cell).
@@ -42,11 +42,10 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from innv_pattern.analyzers import analyzer_classes
-from innv_pattern.evaluate import plot_perturbation_curves, plot_signal_quality
 
 __all__ = [
     "DISPLAY_NAMES", "KINDS", "draw", "heatmap", "input_image", "kind_of",
-    "plot_grid", "plot_perturbation_curves", "plot_signal_quality", "plot_toy", "project",
+    "plot_grid", "plot_toy", "project",
 ]
 
 #: What each analyzer shows, after Fig. 1 of the paper (each analyzer class's ``kind``;

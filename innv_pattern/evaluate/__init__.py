@@ -5,6 +5,8 @@
   two-component ``S_a+-`` (Fig. 3);
 * :func:`perturbation_curve`: image degradation by patches, with a random
   baseline and the area over the perturbation curve (Fig. 4a);
+  :func:`degradation_curves` draws one per analysis plus the random order, and
+  :func:`analyze_all` makes those analyses;
 * :func:`randomization_check`: the cascading model-parameter randomization
   sanity check (Adebayo et al., 2018);
 * :func:`explanation_accuracy`: agreement of an explanation with a signal
@@ -26,12 +28,13 @@ Example:
     (('random', 'filter', 'linear', 'two_component'), ('spearman_abs', 'spearman', 'pearson'))
 """
 
-from innv_pattern.evaluate._common import analyze_all
+from innv_pattern.evaluate._common import analyze_all, pattern_options, smoothgrad_noise
 from innv_pattern.evaluate.flow import relevance_flow
 from innv_pattern.evaluate.groundtruth import (ACCURACY_METRICS, earth_movers_distance,
                                                explanation_accuracy, plot_explanation_accuracy)
 from innv_pattern.evaluate.invariance import input_invariance, shifted_twin
-from innv_pattern.evaluate.perturbation import aopc, perturbation_curve, plot_perturbation_curves
+from innv_pattern.evaluate.perturbation import (aopc, degradation_curves, perturbation_curve,
+                                                plot_perturbation_curves)
 from innv_pattern.evaluate.quality import ESTIMATORS, plot_signal_quality, signal_quality
 from innv_pattern.evaluate.sanity import METRICS, plot_randomization, randomization_check
 
@@ -41,9 +44,11 @@ __all__ = [
     "METRICS",
     "analyze_all",
     "aopc",
+    "degradation_curves",
     "earth_movers_distance",
     "explanation_accuracy",
     "input_invariance",
+    "pattern_options",
     "perturbation_curve",
     "plot_explanation_accuracy",
     "plot_perturbation_curves",
@@ -53,4 +58,5 @@ __all__ = [
     "relevance_flow",
     "shifted_twin",
     "signal_quality",
+    "smoothgrad_noise",
 ]

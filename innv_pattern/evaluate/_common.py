@@ -12,7 +12,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["analyze_all", "figure_axes", "iter_batches", "needs_patterns"]
+__all__ = ["analyze_all", "figure_axes", "iter_batches", "needs_patterns", "pattern_options",
+           "smoothgrad_noise"]
+
 
 def iter_batches(data: Any, batch_size: int) -> Iterator[Any]:
     """Batches of inputs from an array, a ``tf.data.Dataset`` or an iterable.
@@ -45,8 +47,9 @@ def needs_patterns(name: str) -> bool:
 
 
 def analyze_all(model: Any, x: np.ndarray, analyzer_names: Sequence[str],
-                fit_data: Any = None, patterns: Any = None, batch_size: int = 64,
-                analyzer_kwargs: dict[str, dict] | None = None) -> dict[str, np.ndarray]:
+                fit_data: Any = None, patterns: Any = None, batch_size: int | None = 64,
+                analyzer_kwargs: dict[str, dict] | None = None,
+                verbose: int = 0) -> dict[str, np.ndarray]:
     """The analysis of ``x`` by every analyzer in ``analyzer_names``.
 
     Args:
@@ -55,10 +58,15 @@ def analyze_all(model: Any, x: np.ndarray, analyzer_names: Sequence[str],
         analyzer_names: Names of :func:`innv_pattern.list_analyzers`.
         fit_data: Data to fit the patterns of ``pattern.*`` analyzers (once,
             shared), unless ``patterns`` is given.
-        patterns: Fitted patterns (``ip.Patterns``) for ``pattern.*``.
-        batch_size: Analysis batch size.
+        patterns: Fitted patterns for ``pattern.*``: ``ip.Patterns`` (its
+            ``relu``, else ``relu_eq7``, else ``linear`` patterns are used, see
+            :func:`pattern_options`) or a mapping layer name -> pattern.
+        batch_size: Analysis batch size (``None``: all of ``x`` at once).
         analyzer_kwargs: Extra options per analyzer name.
+        verbose: 1 shows a progress bar over the analyzers.
     """
+    import keras
+
     import innv_pattern as ip
 
     kwargs = analyzer_kwargs or {}
@@ -73,14 +81,46 @@ def analyze_all(model: Any, x: np.ndarray, analyzer_names: Sequence[str],
         from innv_pattern.patterns import PatternComputer
 
         patterns = PatternComputer(model, pattern_type="relu").compute(fit_data, verbose=0)
+    bar = keras.utils.Progbar(len(analyzer_names), unit_name="analyzer", verbose=verbose)
     result = {}
-    for name in analyzer_names:
+    for i, name in enumerate(analyzer_names):
         extra = dict(kwargs.get(name, {}))
-        if needs_patterns(name):
-            extra.setdefault("patterns", patterns)
+        if needs_patterns(name) and "patterns" not in extra:
+            extra = {**pattern_options(patterns, extra.get("pattern_type")), **extra}
         analyzer = ip.create_analyzer(name, model, **extra)
         result[name] = np.asarray(analyzer.analyze(x, batch_size=batch_size))
+        bar.update(i + 1)
     return result
+
+
+def pattern_options(patterns: Any, pattern_type: str | None = None) -> dict[str, Any]:
+    """The ``patterns`` (and ``pattern_type``) options of a pattern analyzer for ``patterns``.
+
+    Of an ``ip.Patterns`` holding several types, the first of ``relu``,
+    ``relu_eq7`` and ``linear`` is chosen unless ``pattern_type`` says which
+    (the analyzer then picks it); a plain mapping is passed as it is.
+
+    Example:
+        >>> pattern_options({"dense": np.ones((2, 1))})["patterns"]["dense"].shape
+        (2, 1)
+    """
+    if pattern_type is not None or not hasattr(patterns, "has_type"):
+        return {"patterns": patterns}
+    kind = next((t for t in ("relu", "relu_eq7", "linear") if patterns.has_type(t)), None)
+    if kind is None:
+        return {"patterns": patterns}
+    return {"patterns": patterns.for_type(kind), "pattern_type": kind}
+
+
+def smoothgrad_noise(x: np.ndarray, fraction: float = 0.15) -> dict[str, dict[str, float]]:
+    """``analyzer_kwargs`` giving SmoothGrad noise of ``fraction`` of the range of all of ``x``.
+
+    Example:
+        >>> smoothgrad_noise(np.array([0.0, 2.0]))
+        {'smoothgrad': {'noise_scale': 0.3}}
+    """
+    spread = float(np.max(x) - np.min(x)) or 1.0
+    return {"smoothgrad": {"noise_scale": fraction * spread}}
 
 
 def figure_axes(ax: Any = None, size: tuple[float, float] = (6.0, 4.0)) -> tuple[Any, Any]:

@@ -35,8 +35,8 @@ import tensorflow as tf
 from innv_pattern.canonize import canonize
 from innv_pattern.evaluate._common import figure_axes
 
-__all__ = ["aopc", "degrading_patch_size", "patch_grid", "perturbation_curve",
-           "plot_perturbation_curves"]
+__all__ = ["aopc", "degradation_curves", "degrading_patch_size", "patch_grid",
+           "perturbation_curve", "plot_perturbation_curves"]
 
 
 def patch_grid(height: int, width: int, patch_size: int) -> np.ndarray:
@@ -170,6 +170,35 @@ def perturbation_curve(model: Any, analysis: Any, x: Any, patch_size: int = 9,
     return {"steps": np.arange(steps + 1), "curve": per_sample.mean(0), "per_sample": per_sample,
             "aopc": aopc(per_sample), "selected": selected, "patches": patches,
             "patch_size": int(patch_size)}
+
+
+def degradation_curves(model: Any, x: np.ndarray, analyses: Mapping[str, Any],
+                       patch_size: int | None = None, max_steps: int = 100,
+                       verbose: int = 1) -> dict[str, dict[str, Any]]:
+    """Image degradation (Fig. 4a) for each analysis and the random order.
+
+    Args:
+        model: The model the analyses explain.
+        x: Images ``(n, height, width, channels)``.
+        analyses: Label -> attributions shaped like ``x``.
+        patch_size: Side of the patches (default :func:`degrading_patch_size`).
+        max_steps: At most this many perturbation steps (default 100).
+        verbose: 1 shows a progress bar over the curves.
+
+    Returns:
+        ``{label: perturbation_curve(...)}``, ``"random"`` first.
+    """
+    import keras
+
+    size = patch_size or degrading_patch_size(min(x.shape[1:3]))
+    steps = min(max_steps, -(-x.shape[1] // size) * -(-x.shape[2] // size))
+    orders = {"random": "random", **analyses}
+    bar = keras.utils.Progbar(len(orders), unit_name="curve", verbose=verbose)
+    curves = {}
+    for i, (label, analysis) in enumerate(orders.items()):
+        curves[label] = perturbation_curve(model, analysis, x, patch_size=size, steps=steps)
+        bar.update(i + 1)
+    return curves
 
 
 def _warn_if_flat(per_sample: np.ndarray, patch_size: int, output: str) -> None:
