@@ -246,16 +246,21 @@ class PatternRule(Rule):
     def __init__(self, op: Op, options: Mapping[str, Any]) -> None:
         super().__init__(op, options)
         patterns = options.get("patterns")
-        # An eager tensor: a compiled analysis captures it instead of embedding a copy.
-        self.pattern = None if patterns is None else tf.convert_to_tensor(
-            np.asarray(patterns[op.pattern_key], np.float32))
         self.attribution = bool(options.get("attribution", False))
+        # The backward kernel, computed once per pattern set (with any folded BatchNorm): an
+        # eager tensor, which a compiled analysis captures instead of recomputing per call.
+        # Patterns belong to the weights they were fitted on; the forward pass reads the
+        # weights at call time.
+        self.pattern = self.swapped = None
+        if patterns is not None:
+            kernel = op.get_kernel()
+            self.pattern = tf.cast(np.asarray(patterns[op.pattern_key], np.float32), kernel.dtype)
+            self.swapped = kernel * self.pattern if self.attribution else self.pattern
 
     def __call__(self, *xs: tf.Tensor) -> list[tf.Tensor]:
         op: KernelOp = self.op
         kernel = op.get_kernel()
-        pattern = tf.cast(self.pattern, kernel.dtype)
-        swapped = kernel * pattern if self.attribution else pattern
+        swapped = tf.cast(self.swapped, kernel.dtype)
 
         def backward(xs: tuple, y: tf.Tensor, g: tf.Tensor) -> list[tf.Tensor]:
             return _vjp(lambda v: op.linear(v, swapped), xs, g)
