@@ -54,6 +54,7 @@ CONFIGS = ["small_cnn:32", "vgg16_64:8", "vgg16_64:32"]
 MODELS = {
     "small_cnn": small_cnn,
     "vgg16_64": lambda: keras.applications.VGG16(weights=None, input_shape=(64, 64, 3)),
+    "vgg16_224": lambda: keras.applications.VGG16(weights=None, input_shape=(224, 224, 3)),
 }
 
 

@@ -18,7 +18,7 @@ import itertools
 import os
 import time
 import warnings
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import keras
 import numpy as np
@@ -27,7 +27,9 @@ import tensorflow as tf
 from innv_pattern import kinds
 from innv_pattern.canonize import (ActivationOp, CanonicalGraph, Interleave, KernelOp, LayerOp,
                                    Op, canonize)
-from innv_pattern.patterns.estimators import PatternStatistics, expand_pattern_type, regimes_of
+from innv_pattern.patterns.batches import generator_dataset, samples_in_batch, skipped_batches
+from innv_pattern.patterns.estimators import (POSITIVE, PatternStatistics, expand_pattern_type,
+                                             regimes_of)
 from innv_pattern.patterns.io import Fingerprint, Patterns
 from innv_pattern.patterns.layout import layout_of
 from innv_pattern.patterns.fitter import Fitter
@@ -44,12 +46,12 @@ class PatternComputer:
 
     Every kernel layer (Dense, Conv1D/2D/3D, depthwise, separable and
     transposed convolutions; BatchNormalization folded in) is fitted in the
-    same forward pass: one compiled ``tf.function`` per batch.  Statistics
+    same forward pass (see :mod:`~innv_pattern.patterns.fitter`).  Statistics
     are float64 sums, so a fit can be stopped, saved, resumed, and fits on
     separate shards merged (:meth:`save_state`, :meth:`load_state`).  They
-    take 24 bytes per kernel weight (three kernel-shaped float64 sums; one
-    with ``pattern_type="linear"``) plus an input and an output image per
-    kernel layer, whatever the amount of data.
+    take 24 bytes per kernel weight (three kernel-shaped float64 sums; two
+    with ``"relu.positive"``, one with ``"linear"``) plus an input and an
+    output image per kernel layer, whatever the amount of data.
 
     Args:
         model: A functional or Sequential Keras 3 model.
@@ -57,7 +59,13 @@ class PatternComputer:
             estimator with within-regime statistics; ``relu.positive`` is the
             primary pattern), ``"relu_eq7"`` (the same with Eq. 7's global mean
             of ``y``), ``"linear"``, or a tuple such as ``("linear", "relu")``:
-            one pass fits them all.
+            one pass fits them all.  ``"relu.positive"`` is the low-memory
+            mode: only the pattern PatternNet and PatternAttribution use, the
+            same values as ``"relu"``'s (it keeps the positive regime's float64
+            sums alone: 16 bytes per weight instead of 24, and two kernel
+            gradients per op instead of three); its statistics cannot be saved
+            (no checkpoints, ``save_state`` or shards to merge) and take no
+            ``shrinkage``.
         shrinkage: Pseudo-samples of the all-sample statistics added to
             each regime's (:meth:`PatternStatistics.finalize`): 0, the
             default, is the published estimator; a few (say 10) tame neurons
@@ -88,6 +96,7 @@ class PatternComputer:
             self._keys.setdefault(op.pattern_key, op)  # a shared layer's calls share one
         _check_static_shapes(self._ops, self._graph)
         self._regimes = regimes_of(self.types)
+        self._positive_only = self._regimes == POSITIVE
         self._regime_sources = regime_sources(self._graph)
         self._state: dict[str, PatternStatistics] = {}
         self._samples = 0
@@ -187,6 +196,8 @@ class PatternComputer:
                               "held: pass accumulate=True for that (resume=True now only "
                               "continues a checkpoint file).", FutureWarning, stacklevel=2)
             accumulate = True
+        if checkpoint is not None and self._positive_only:
+            self.save_state(checkpoint)  # raises: nothing to checkpoint
         if not accumulate:
             self.reset()
         before = self._state, self._samples
@@ -312,10 +323,15 @@ class PatternComputer:
                 by_type[kind][key] = pattern
         return Patterns(by_type, self.pattern_type, Fingerprint.of(self.model, self._graph),
                         samples_seen=self._samples, degenerate=degenerate,
-                        statistics=dict(self._state))
+                        statistics=None if self._positive_only else dict(self._state))
 
     def save_state(self, path: str | os.PathLike) -> None:
         """Saves the statistics so far (with their patterns) to an HDF5 file."""
+        if self._positive_only:
+            raise ValueError("pattern_type='relu.positive' keeps positive-regime statistics, "
+                             "which pattern files do not hold: checkpoints, save_state and "
+                             "load_state need pattern_type='relu'. Save the patterns with "
+                             "compute(...).save(path).")
         self.patterns().save(path)
 
     def load_state(self, *sources: str | os.PathLike | Patterns) -> None:
@@ -379,20 +395,20 @@ class PatternComputer:
         if isinstance(data, tf.data.Dataset):
             if skip and single:  # read the skipped batches once, then go on from there
                 iterator = iter(data)
-                _skipped_batches((_batch_size(b) for b in iterator), skip)
+                skipped_batches((samples_in_batch(b) for b in iterator), skip)
                 return iterator, None
             if skip:  # count them, then let the distributed pipeline skip them
                 sizes = data.map(lambda *e: tf.shape(tf.nest.flatten(e)[0])[0])
-                data = data.skip(_skipped_batches(sizes.as_numpy_iterator(), skip))
+                data = data.skip(skipped_batches(sizes.as_numpy_iterator(), skip))
             return (data if single else self.strategy.experimental_distribute_dataset(data)), None
         if not hasattr(data, "__iter__"):
             raise TypeError("Expected a numpy array, a tf.data.Dataset or an iterable of "
                             f"batches; received {type(data).__name__}.")
         iterator = iter(data)
         if skip:
-            _skipped_batches((_batch_size(b) for b in iterator), skip)
+            skipped_batches((samples_in_batch(b) for b in iterator), skip)
         return (iterator if single else self.strategy.experimental_distribute_dataset(
-            _generator_dataset(iterator))), None
+            generator_dataset(iterator))), None
 
 
 def regime_sources(graph: CanonicalGraph) -> dict[str, int | None]:
@@ -467,44 +483,6 @@ def _progress(data: Any, samples: int | None, steps: int | None, skip: int) -> P
         batches = int(data.cardinality())
         return Progress(batches if steps is None else min(batches, int(steps)), "batch")
     return Progress(None, "sample")
-
-
-def _batch_size(batch: Any) -> int:
-    """Samples in a batch: the length of its first array (``x``'s first input)."""
-    first = tf.nest.flatten(batch)[0]
-    return int(first.shape[0]) if hasattr(first, "shape") else len(first)
-
-
-def _skipped_batches(sizes: Iterator[int], skip: int) -> int:
-    """Consumes batch sizes until they add up to ``skip``; returns how many batches that took."""
-    counted = batches = 0
-    while counted < skip:
-        size = next(sizes, None)
-        if size is None:
-            raise ValueError(f"Cannot skip the {skip} samples a checkpoint has seen: the data "
-                             f"has {counted}. Resume on the data of that fit.")
-        counted, batches = counted + int(size), batches + 1
-    if counted > skip:
-        raise ValueError(f"Cannot skip the {skip} samples a checkpoint has seen: batch "
-                         f"{batches - 1} (0-based) of the data spans samples "
-                         f"{counted - int(size)} to {counted}, so the skip ends inside it. Resume "
-                         "with the batching of the interrupted fit (the same batch size).")
-    return batches
-
-
-def _generator_dataset(iterator: Iterator[Any]) -> tf.data.Dataset:
-    first = next(iterator, None)
-    if first is None:
-        return tf.data.Dataset.from_tensors(np.zeros((0,))).take(0)
-    signature = tf.nest.map_structure(
-        lambda t: tf.TensorSpec((None,) + np.shape(t)[1:], tf.as_dtype(np.asarray(t).dtype)),
-        first)
-
-    def generate() -> Iterator[Any]:
-        yield first
-        yield from iterator
-
-    return tf.data.Dataset.from_generator(generate, output_signature=signature)
 
 
 def _degenerate_summary(patterns: Patterns) -> str:
