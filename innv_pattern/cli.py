@@ -37,13 +37,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-from innv_pattern.cli_args import (Parser, add_data_options, add_pattern_options,  # noqa: E402
-                                   input_options, non_negative, positive)
+from innv_pattern.cli_args import (Parser, add_data_options, add_figure_options,  # noqa: E402
+                                   add_pattern_options, input_options, non_negative, positive,
+                                   save_figure)
 from innv_pattern.cli_io import (InputOptions, UserError, batches, check_exists,  # noqa: E402
                                  fit_to_model, load_array, load_image_folder, load_model,
                                  output_folder, read_inputs, with_input_shape, write_file_rows,
                                  IMAGE_SUFFIXES)
 from innv_pattern.cli_patterns import check_input_scale, load_patterns  # noqa: E402
+from innv_pattern.style import FORMATS  # noqa: E402
 
 __all__ = ["build_parser", "main"]
 
@@ -199,14 +201,16 @@ def _add_explain(commands: Any) -> None:
                          "gradient (a wrong name lists all of them)")
     explain.add_argument("--input", required=True, help="an image, a .npy/.npz file (one sample "
                          "or a batch) or a folder of images")
-    explain.add_argument("--out", required=True, help="output path; OUT.npy and OUT.png are "
-                         "written, and OUT.files.csv (each row's file) for images")
+    explain.add_argument("--out", required=True, help="output path; OUT.npy and the figure "
+                         "OUT.png (or --format) are written, and OUT.files.csv (each row's "
+                         "file) for images")
     add_pattern_options(explain, False, "pattern file (needed by pattern.net and "
                         "pattern.attribution; make one with 'innv-pattern fit')")
     explain.add_argument("--neuron", type=non_negative, help="explain this output (default: "
                          "each sample's largest)")
     explain.add_argument("--batch-size", type=positive, default=32, help="default 32")
     add_data_options(explain)
+    add_figure_options(explain, "png, or the suffix of --out")
     explain.set_defaults(run=_run_explain)
 
 
@@ -228,6 +232,7 @@ def _add_evaluate(commands: Any) -> None:
     evaluate.add_argument("--layers", nargs="+", metavar="LAYER",
                           help="kernel layers to measure rho for (default: all)")
     add_data_options(evaluate)
+    add_figure_options(evaluate, "png")
     evaluate.set_defaults(run=_run_evaluate)
 
 
@@ -354,7 +359,8 @@ def _run_explain(args: argparse.Namespace) -> None:
         print(f"Note: '{args.method}' does not use patterns; --patterns '{args.patterns}' is not "
               f"read (only {' and '.join(PATTERN_METHODS)} use them).")
         args.patterns = None
-    stem = args.out[: -4] if args.out.lower().endswith((".npy", ".png")) else args.out
+    suffixes = (".npy", *(f".{f}" for f in FORMATS))
+    stem = args.out[: -4] if args.out.lower().endswith(suffixes) else args.out
     output_folder(os.path.dirname(stem))
     _start_tensorflow()
     model = load_model(args.model)
@@ -372,10 +378,11 @@ def _run_explain(args: argparse.Namespace) -> None:
         written.append(f"'{stem}.files.csv' (the file of each row)")
     shown = slice(0, MAX_FIGURE_ROWS)
     labels, meaning = _row_labels(model, x[shown], args.neuron)
-    _save_figure(_explain_figure(x[shown], analysis[shown], args.method, labels), stem + ".png")
+    figure = save_figure(_explain_figure(x[shown], analysis[shown], args.method, labels), stem,
+                         args, args.out)
     more = f" (the first {MAX_FIGURE_ROWS})" if len(x) > MAX_FIGURE_ROWS else ""
     print(f"Explained {len(x)} input(s) with {args.method}: {', '.join(written)}, "
-          f"'{stem}.png'{more}; its rows are labelled with {meaning}.")
+          f"'{figure}'{more}; its rows are labelled with {meaning}.")
 
 
 def _analyzer(method: str, model: Any, patterns: Any, neuron: int | None) -> Any:
@@ -421,11 +428,8 @@ def _row_labels(model: Any, x: np.ndarray, neuron: int | None) -> tuple[list[str
 def _explain_figure(x: np.ndarray, analysis: np.ndarray, method: str, labels: list[str]) -> Any:
     from innv_pattern import viz
 
-    return viz.plot_grid(x, {method: analysis}, row_labels=labels, cell_size=2.0)
-
-
-def _save_figure(fig: Any, path: str) -> None:
-    fig.savefig(path, dpi=100)
+    per_row = int(np.ceil(np.sqrt(len(x))))          # 16 inputs: 4 rows of 4 (input, analysis)
+    return viz.plot_grid(x, {method: analysis}, row_labels=labels, cell_size=2.0, per_row=per_row)
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:

@@ -15,9 +15,10 @@ import argparse
 from typing import Any, Callable, NoReturn
 
 from innv_pattern.cli_io import PREPROCESS_MODES, InputOptions, UserError, parse_number, parse_size
+from innv_pattern.style import DPI, FORMATS
 
-__all__ = ["Parser", "add_data_options", "add_pattern_options", "input_options", "non_negative",
-           "positive"]
+__all__ = ["Parser", "add_data_options", "add_figure_options", "add_pattern_options",
+           "figure_format", "input_options", "non_negative", "positive", "save_figure"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -82,6 +83,29 @@ def add_pattern_options(parser: argparse.ArgumentParser, required: bool, help_te
     parser.add_argument("--allow-changed-weights", action="store_true",
                         help="use patterns fitted before the model's weights changed (layer "
                         "names and shapes must still match)")
+
+
+def add_figure_options(parser: argparse.ArgumentParser, default_format: str) -> None:
+    """--dpi and --format: how the figures are written."""
+    group = parser.add_argument_group("figures")
+    group.add_argument("--dpi", type=positive, default=DPI,
+                       help=f"resolution of the figures in dots per inch (default {DPI})")
+    group.add_argument("--format", choices=FORMATS, help="file format of the figures: "
+                       f"{', '.join(FORMATS)} (pdf and svg stay sharp at any size; "
+                       f"default {default_format})")
+
+
+def figure_format(args: argparse.Namespace, out: str = "") -> str:
+    """--format, else the figure suffix of ``out`` (``cat.svg``), else png."""
+    suffix = out.rsplit(".", 1)[-1].lower() if "." in out else ""
+    return args.format or (suffix if suffix in FORMATS else FORMATS[0])
+
+
+def save_figure(fig: Any, stem: str, args: argparse.Namespace, out: str = "") -> str:
+    """Writes ``fig`` to ``STEM.FORMAT`` at --dpi; returns the path."""
+    path = f"{stem}.{figure_format(args, out)}"
+    fig.savefig(path, dpi=args.dpi)
+    return path
 
 
 def input_options(args: argparse.Namespace) -> InputOptions:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from innv_pattern.cli_args import input_options
+from innv_pattern.cli_args import input_options, save_figure
 from innv_pattern.cli_io import UserError, load_model, read_inputs
 from innv_pattern.cli_patterns import check_input_scale, load_patterns
 from innv_pattern.tables import markdown_table
@@ -24,8 +24,8 @@ __all__ = ["run_evaluate"]
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
-    """Writes ``evaluation.json``, ``signal_quality.png`` and ``degradation.png`` into
-    ``args.out``."""
+    """Writes ``evaluation.json``, ``signal_quality.png`` and ``degradation.png`` (or
+    ``--format``, at ``--dpi``) into ``args.out``."""
     model = load_model(args.model)
     patterns = load_patterns(args.patterns, model, args.allow_changed_weights)
     x = read_inputs(args.data, args.key, model.input_shape, input_options(args))[0]
@@ -60,8 +60,8 @@ def _evaluate_rho(model: Any, patterns: Any, x: np.ndarray,
                          [[e] + [float(rho[e][name]) for name in layers] for e in estimators]))
     if "linear" not in estimators:
         print("(Fit with --pattern-type linear+relu to compare the linear estimator S_a too.)")
-    plot_signal_quality(rho, title="Signal-estimator quality per layer").savefig(
-        os.path.join(args.out, "signal_quality.png"), dpi=80)
+    save_figure(plot_signal_quality(rho, title="Signal-estimator quality per layer"),
+                os.path.join(args.out, "signal_quality"), args)
     return rho
 
 
@@ -80,7 +80,7 @@ def _evaluate_degradation(model: Any, patterns: Any, x: np.ndarray,
     aopc = {label: curve["aopc"] for label, curve in curves.items()}
     print(markdown_table(["analyzer", "AOPC (higher: steeper decay)"],
                          [[k, v] for k, v in sorted(aopc.items(), key=lambda kv: -kv[1])]))
-    plot_perturbation_curves(curves, title="Image degradation").savefig(
-        os.path.join(args.out, "degradation.png"), dpi=80)
+    save_figure(plot_perturbation_curves(curves, title="Image degradation"),
+                os.path.join(args.out, "degradation"), args)
     return {"patch_size": curves["random"]["patch_size"], "aopc": aopc,
             "curves": {k: v["curve"].tolist() for k, v in curves.items()}}

@@ -31,6 +31,7 @@ from innv_pattern.analyzer_base import KINDS
 from innv_pattern.analyzers import analyzer_classes
 from innv_pattern.evaluate import analyze_all, smoothgrad_noise
 from innv_pattern.patterns import PatternComputer
+from innv_pattern.style import DPI
 from innv_pattern.tables import markdown_table
 
 __all__ = ["DemoSettings", "photo_crops", "render_report", "run_demo"]
@@ -280,7 +281,7 @@ def _signal_quality(out: str, digits: dict[str, Any], steps: _Steps) -> dict[str
         rho = signal_quality(digits["model"], None, digits["x_train"][half:], digits["x_test"],
                              patterns=digits["patterns"])
     fig = plot_signal_quality(rho, title="Signal-estimator quality per layer (digits CNN)")
-    fig.savefig(os.path.join(out, "signal_quality.png"), dpi=80)
+    fig.savefig(os.path.join(out, "signal_quality.png"), dpi=DPI)
     return {"figure": "signal_quality.png", "rho": rho}
 
 
@@ -294,7 +295,7 @@ def _degradation(out: str, digits: dict[str, Any], settings: DemoSettings, steps
                              settings.digits_size >= 16 else None, verbose=verbose)
     fig = plot_perturbation_curves({viz.DISPLAY_NAMES.get(k, k): v for k, v in curves.items()},
                                    title="Image degradation (digits CNN)")
-    fig.savefig(os.path.join(out, "degradation.png"), dpi=80)
+    fig.savefig(os.path.join(out, "degradation.png"), dpi=DPI)
     return {"figure": "degradation.png", "patch_size": curves["random"]["patch_size"],
             "aopc": {k: v["aopc"] for k, v in curves.items()},
             "curves": {k: v["curve"].tolist() for k, v in curves.items()}}

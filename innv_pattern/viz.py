@@ -148,14 +148,19 @@ def draw(analysis: Any, method: str) -> np.ndarray:
     return heatmap(analysis) if kind_of(method) == "attribution" else project(analysis)
 
 
-def _ordered(methods: Sequence[str]) -> list[str]:
-    return sorted(methods, key=lambda m: _GROUP_ORDER.index(kind_of(m)))
+def _kind(column: str, kinds: Mapping[str, str]) -> str | None:
+    """How a column is drawn: given in ``kinds``, else its analyzer's kind (by name or title)."""
+    if column in kinds:
+        return kinds[column]
+    classes = analyzer_classes()
+    by_title = {cls.display_name: cls for cls in classes.values()}
+    cls = classes.get(column) or by_title.get(column)
+    return cls.kind if cls is not None else None
 
 
-def _panel(column: str, array: Any) -> np.ndarray:
-    if column == _INPUT_COLUMN:
-        return input_image(array)
-    return draw(array, column) if column in analyzer_classes() else project(array)
+def _panel(array: Any, kind: str | None) -> np.ndarray:
+    return input_image(array) if kind == "input" else heatmap(array) if kind == "attribution" \
+        else project(array)
 
 
 def _title(column: str) -> str:
@@ -172,27 +177,27 @@ def _show(ax: Any, image: np.ndarray) -> None:
         spine.set_visible(False)
 
 
-def _columns(methods: Sequence[str], references: Sequence[str]
-             ) -> tuple[list[str | None], list[float]]:
-    """Column layout: the input and references, then each group after a narrow spacer (``None``)."""
-    columns: list[str | None] = [_INPUT_COLUMN, *references]
+def _columns(kinds: dict[str, str | None], references: Sequence[str]) -> list[str | None]:
+    """The input, references and columns of no known kind, then each group after a spacer."""
+    columns: list[str | None] = [_INPUT_COLUMN, *references,
+                                 *[c for c, k in kinds.items() if k not in _GROUP_ORDER]]
     for group in _GROUP_ORDER:
-        members = [m for m in methods if kind_of(m) == group]
+        members = [c for c, k in kinds.items() if k == group]
         if members:
             columns += [None, *members]
-    widths = [0.15 if c is None else 1.0 for c in columns]
-    return columns, widths
+    return columns
 
 
-def _group_headers(fig: Figure, axes: np.ndarray, columns: list[str | None]) -> None:
+def _group_headers(fig: Figure, axes: np.ndarray, columns: list[str | None],
+                   kinds: Mapping[str, str | None]) -> None:
     for group in _GROUP_ORDER:
-        idx = [j for j, c in enumerate(columns)
-               if c in analyzer_classes() and kind_of(c) == group]
+        idx = [j for j, c in enumerate(columns) if c is not None and kinds.get(c) == group]
         if idx:
-            left, right = axes[0, idx[0]].get_position(), axes[0, idx[-1]].get_position()
-            fig.text((left.x0 + right.x1) / 2, left.y1 + 0.6 * (1 - left.y1), group,
+            left, right = axes[idx[0]].get_position(), axes[idx[-1]].get_position()
+            top = 1 - 0.8 / fig.get_figheight()
+            fig.text((left.x0 + right.x1) / 2, top + 0.6 * (1 - top), group,
                      ha="center", va="center", fontsize="large", fontweight="bold")
-            fig.add_artist(_rule(left.x0, right.x1, left.y1 + 0.45 * (1 - left.y1)))
+            fig.add_artist(_rule(left.x0, right.x1, top + 0.45 * (1 - top)))
 
 
 def _rule(x0: float, x1: float, y: float) -> Any:
@@ -201,63 +206,126 @@ def _rule(x0: float, x1: float, y: float) -> Any:
     return Line2D([x0, x1], [y, y], color="0.4", linewidth=1.0)
 
 
+def _color_scale(fig: Figure, top_row: list[Any], rows: int, cmap: str = "seismic") -> None:
+    """A colour bar right of the top row: each heat map runs from -max|a| to +max|a|."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    top, right = top_row[0].get_position(), max(ax.get_position().x1 for ax in top_row)
+    height = min(top.height * rows, 2.5 / fig.get_figheight())
+    cax = fig.add_axes((right + 0.2 / fig.get_figwidth(), top.y1 - height,
+                        0.12 / fig.get_figwidth(), height), label="colour scale")
+    bar = fig.colorbar(ScalarMappable(Normalize(-1, 1), cmap), cax=cax, ticks=[-1, 0, 1])
+    bar.ax.set_yticklabels(["-max|a|", "0", "+max|a|"], fontsize="small")
+    bar.ax.text(0.5, -0.03, "per\nimage", transform=cax.transAxes, ha="center", va="top",
+                fontsize="x-small")
+
+
+def _label_room(row_labels: Sequence[str] | None, flat: bool) -> float:
+    """Inches left of each block for the row labels (written across for flat rows)."""
+    if row_labels is None:
+        return 0.1
+    if flat:
+        return 0.35 + 0.08 * max(len(line) for text in row_labels for line in text.split("\n"))
+    return 0.15 + 0.17 * max(text.count("\n") + 1 for text in row_labels)
+
+
+def _layout(x: np.ndarray, columns: list[str | None], row_labels: Sequence[str] | None,
+            cell_size: float, per_row: int, color_scale: bool) -> tuple[Figure, list, bool]:
+    """The figure and, per input, its block of axes (one per column); whether rows are flat."""
+    height, width = _image(x[0]).shape[:2]
+    row = cell_size * max(height / width, 0.35)          # flat rows for 1-D inputs
+    flat = row < 1.0                                     # then row labels are written across
+    room, rows = _label_room(row_labels, flat), -(-len(x) // per_row)
+    widths = [0.15 if c is None else 1.0 for c in columns]
+    ratios = [r for b in range(per_row) for r in ([room / cell_size] if b else []) + widths]
+    right = 0.05 + (0.9 if color_scale else 0.0)
+    fig = Figure(figsize=(cell_size * sum(ratios) + room + right, row * rows + 0.9))
+    axes = fig.subplots(rows, len(ratios), squeeze=False,
+                        gridspec_kw={"width_ratios": ratios, "wspace": 0.05, "hspace": 0.05})
+    fig.subplots_adjust(left=room / fig.get_figwidth(), right=1 - right / fig.get_figwidth(),
+                        bottom=0.02, top=1 - 0.8 / fig.get_figheight())
+    for ax in axes[:, len(columns)::len(columns) + 1].ravel():
+        ax.set_axis_off()                                # the spacers between blocks
+    blocks = [axes[r, b * (len(columns) + 1):b * (len(columns) + 1) + len(columns)]
+              for r in range(rows) for b in range(per_row)]
+    return fig, blocks, flat
+
+
+def _check_grid(x: np.ndarray, panels: Mapping[str, Any], row_labels: Sequence[str] | None,
+                per_row: int) -> None:
+    bad = {m: np.shape(a) for m, a in panels.items() if np.shape(a) != x.shape}
+    if bad:
+        raise ValueError(f"Each analysis must have the inputs' shape {x.shape}; received {bad}.")
+    if row_labels is not None and len(row_labels) != len(x):
+        raise ValueError(f"Expected {len(x)} row labels (one per input); received {len(row_labels)}.")
+    if int(per_row) < 1:
+        raise ValueError(f"per_row must be a positive integer; received {per_row!r}.")
+
+
 def plot_grid(x: Any, analyses: Mapping[str, Any], row_labels: Sequence[str] | None = None,
-              references: Mapping[str, Any] | None = None, cell_size: float = 1.5) -> Figure:
+              references: Mapping[str, Any] | None = None, cell_size: float = 1.5,
+              kinds: Mapping[str, str] | None = None, per_row: int = 1) -> Figure:
     """Inputs (rows) by analyzers (columns), grouped by what they show, as in Fig. 5.
 
     Functions and signals are drawn with :func:`project`, attributions with
-    :func:`heatmap`; columns are ordered function, signal, attribution (keeping
-    the given order within a group) under a header per group.
+    :func:`heatmap` (with a colour scale at the right); columns are ordered
+    function, signal, attribution (keeping the given order within a group)
+    under a header per group.
 
     Args:
         x: The inputs, a batch shaped ``(N, ...)``; drawn min-max scaled, so
             pass the images before any preprocessing if that reads better.
-        analyses: Analyzer name -> its analysis of ``x`` (same shape as ``x``).
+        analyses: Column title -> its analysis of ``x`` (same shape as ``x``).
+            A title is an analyzer name, an analyzer's display name, or any
+            text: then ``kinds`` says how to draw it (else it is drawn with
+            :func:`project` next to the inputs, without a group).
         row_labels: One text per input, written left of it (e.g. the true and
             predicted class and the confidence, as in Fig. 5).
         references: Title -> arrays like ``x`` drawn with :func:`project` next
             to the inputs, e.g. the true signal of data made with a known one.
         cell_size: Size of one image in inches.
+        kinds: Title -> ``"function"``, ``"signal"`` or ``"attribution"`` for
+            titles that are not analyzer names (or to override one).
+        per_row: Inputs side by side in one row of the figure (each with all
+            its columns): many inputs then make a grid rather than a column.
 
     Returns:
         The figure.
 
     Example:
         >>> x = np.random.default_rng(0).normal(size=(2, 8, 8, 1))
-        >>> fig = plot_grid(x, {"lrp.z": x, "gradient": -x}, row_labels=["a", "b"])
+        >>> fig = plot_grid(x, {"lrp.z": x, "gradient": -x, "mine": x},
+        ...                 row_labels=["a", "b"], kinds={"mine": "attribution"})
         >>> [ax.get_title() for ax in fig.axes if ax.get_title()]
-        ['input', 'Gradient', 'LRP-z']
+        ['input', 'Gradient', 'LRP-z', 'mine']
     """
-    x, references = np.asarray(x), dict(references or {})
-    bad = {m: np.shape(a) for m, a in {**analyses, **references}.items() if np.shape(a) != x.shape}
-    if bad:
-        raise ValueError(f"Each analysis must have the inputs' shape {x.shape}; received {bad}.")
-    if row_labels is not None and len(row_labels) != len(x):
-        raise ValueError(f"Expected {len(x)} row labels (one per input); received {len(row_labels)}.")
-    columns, widths = _columns(_ordered(list(analyses)), list(references))
-    panels = {**analyses, **references}
-    height, width = _image(x[0]).shape[:2]
-    row = cell_size * max(height / width, 0.35)          # flat rows for 1-D inputs
-    flat = row < 1.0                                     # then row labels are written across
-    left = 0.35 + (0.08 * max(map(len, row_labels or [""])) if flat else 0.0)
-    fig = Figure(figsize=(cell_size * sum(widths) + left + 0.05, row * len(x) + 0.9))
-    axes = fig.subplots(len(x), len(columns), squeeze=False,
-                        gridspec_kw={"width_ratios": widths, "wspace": 0.05, "hspace": 0.05})
-    fig.subplots_adjust(left=left / fig.get_figwidth(), right=0.99, bottom=0.02,
-                        top=1 - 0.8 / fig.get_figheight())
-    for i, sample in enumerate(x):
-        for j, column in enumerate(columns):
-            ax = axes[i, j]
-            if column is None:
+    x, references, given = np.asarray(x), dict(references or {}), dict(kinds or {})
+    _check_grid(x, {**analyses, **references}, row_labels, per_row)
+    unknown = {k: v for k, v in given.items() if v not in _GROUP_ORDER}
+    if unknown:
+        raise ValueError(f"kinds must be one of {list(_GROUP_ORDER)}; received {unknown}.")
+    column_kinds = {c: _kind(c, given) for c in analyses}
+    columns = _columns(column_kinds, list(references))
+    kinds_all = {_INPUT_COLUMN: "input", **dict.fromkeys(references), **column_kinds}
+    panels = {_INPUT_COLUMN: x, **references, **analyses}
+    shaded = "attribution" in column_kinds.values()
+    fig, blocks, flat = _layout(x, columns, row_labels, cell_size, int(per_row), shaded)
+    for i, block in enumerate(blocks):
+        for ax, column in zip(block, columns):
+            if column is None or i >= len(x):
                 ax.set_axis_off()
                 continue
-            _show(ax, _panel(column, sample if column == _INPUT_COLUMN else panels[column][i]))
-            if i == 0:
+            _show(ax, _panel(panels[column][i], kinds_all[column]))
+            if i < per_row:
                 ax.set_title(_title(column), fontsize="medium")
-        if row_labels is not None:
-            axes[i, 0].set_ylabel(row_labels[i], fontsize="small", rotation=0 if flat else 90,
-                                  ha="right" if flat else "center", va="center")
-    _group_headers(fig, axes, columns)
+        if row_labels is not None and i < len(x):
+            block[0].set_ylabel(row_labels[i], fontsize="small", rotation=0 if flat else 90,
+                                ha="right" if flat else "center", va="center" if flat else "bottom")
+    for block in blocks[:per_row]:
+        _group_headers(fig, block, columns, kinds_all)
+    if shaded:
+        _color_scale(fig, [ax for block in blocks[:per_row] for ax in block], len(blocks) // per_row)
     return fig
 
 

@@ -256,6 +256,33 @@ def test_evaluate_writes_reports(files, tmp_path, capsys):
     assert set(report["signal_quality"]) == {"random", "filter", "linear", "two_component"}
     assert set(report["degradation"]["aopc"]) == {"random", "gradient", "pattern.attribution"}
     assert (out / "signal_quality.png").exists() and (out / "degradation.png").exists()
+    from innv_pattern.style import DPI
+
+    assert Image.open(out / "degradation.png").info["dpi"] == pytest.approx((DPI, DPI), abs=0.1)
+    vector = tmp_path / "vector"
+    assert main(["evaluate", "--model", files["model.keras"], "--patterns", both, "--data",
+                 files["x.npy"], "--out", str(vector), "--samples", "4", "--methods", "gradient",
+                 "--format", "svg", "--dpi", "50"]) == 0
+    written = sorted(p.name for p in vector.iterdir())
+    assert written == ["degradation.svg", "evaluation.json", "signal_quality.svg"]
+    assert (vector / "degradation.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_explain_writes_the_figure_at_dpi_and_format(files, tmp_path, capsys):
+    """--dpi and --format (or the suffix of --out) choose how the figure is written."""
+    explain = ["explain", "--model", files["model.keras"], "--method", "gradient", "--input",
+               files["x.npy"]]
+    sizes = {}
+    for dpi in ("40", "80"):
+        assert main([*explain, "--out", str(tmp_path / f"at{dpi}"), "--dpi", dpi]) == 0
+        sizes[dpi] = Image.open(tmp_path / f"at{dpi}.png").size
+    assert sizes["80"][0] == pytest.approx(2 * sizes["40"][0], abs=2)
+    assert main([*explain, "--out", str(tmp_path / "fig.pdf")]) == 0
+    assert (tmp_path / "fig.pdf").read_bytes().startswith(b"%PDF")
+    assert (tmp_path / "fig.npy").exists()
+    assert main([*explain, "--out", str(tmp_path / "v"), "--format", "svg"]) == 0
+    assert (tmp_path / "v.svg").exists() and not (tmp_path / "v.png").exists()
+    assert "'" + str(tmp_path / "v.svg") + "'" in capsys.readouterr().out
 
 
 def _truncated(path: str) -> str:

@@ -33,9 +33,9 @@ from innv_pattern.evaluate.flow import relevance_flow
 from innv_pattern.evaluate.groundtruth import (ACCURACY_METRICS, earth_movers_distance,
                                                explanation_accuracy, plot_explanation_accuracy)
 from innv_pattern.evaluate.invariance import input_invariance, shifted_twin
-from innv_pattern.evaluate.perturbation import (aopc, degradation_curves, perturbation_curve,
-                                                plot_perturbation_curves)
-from innv_pattern.evaluate.quality import ESTIMATORS, plot_signal_quality, signal_quality
+from innv_pattern.evaluate.perturbation import aopc, degradation_curves, perturbation_curve
+from innv_pattern.evaluate.plots import plot_perturbation_curves, plot_signal_quality
+from innv_pattern.evaluate.quality import ESTIMATORS, signal_quality
 from innv_pattern.evaluate.sanity import METRICS, plot_randomization, randomization_check
 
 __all__ = [

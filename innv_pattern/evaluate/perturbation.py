@@ -33,10 +33,9 @@ import numpy as np
 import tensorflow as tf
 
 from innv_pattern.canonize import canonize
-from innv_pattern.evaluate._common import figure_axes
 
 __all__ = ["aopc", "degradation_curves", "degrading_patch_size", "patch_grid",
-           "perturbation_curve", "plot_perturbation_curves"]
+           "perturbation_curve"]
 
 
 def patch_grid(height: int, width: int, patch_size: int) -> np.ndarray:
@@ -241,31 +240,3 @@ def _selection(neuron_selection: Any, first: np.ndarray, n: int) -> np.ndarray:
         raise ValueError(f"neuron_selection must be an int or {n} ints in [0, {first.shape[1]}); "
                          f"received {neuron_selection!r}.")
     return index.astype(np.int64)
-
-
-def plot_perturbation_curves(results: Mapping[str, Mapping[str, Any]], ax: Any = None,
-                             title: str | None = None) -> Any:
-    """Draws degradation curves as the paper's Fig. 4a, AOPC in the legend.
-
-    Args:
-        results: ``{label: perturbation_curve(...)}``; a ``"random"`` entry is
-            drawn dashed in black as the baseline.
-        ax: Matplotlib axes (default: a new figure).
-        title: Figure title.
-
-    Returns:
-        The matplotlib figure.
-    """
-    fig, ax = figure_axes(ax, (6.0, 4.0))
-    colors = [f"C{i}" for i in range(10)]
-    for i, (label, result) in enumerate(results.items()):
-        style = dict(color="black", linestyle="--") if label == "random" else dict(
-            color=colors[i % 10], linestyle=("-", "-.", ":")[(i // 10) % 3])
-        ax.plot(result["steps"], result["curve"], label=f"{label} ({result['aopc']:.3f})",
-                **style)
-    ax.set_xlabel("perturbation steps (patches replaced by their mean)")
-    ax.set_ylabel("probability of the selected class")
-    ax.legend(title="method (AOPC)", fontsize="small")
-    if title:
-        ax.set_title(title)
-    return fig

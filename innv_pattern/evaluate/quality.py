@@ -80,11 +80,11 @@ import numpy as np
 import tensorflow as tf
 
 from innv_pattern.canonize import CanonicalGraph, canonize
-from innv_pattern.evaluate._common import figure_axes, iter_batches
+from innv_pattern.evaluate._common import iter_batches
 from innv_pattern.evaluate._layers import EvaluatedLayer, memory_estimate, select_layers
 from innv_pattern.evaluate.moments import CoMoments, batch_comoments
 
-__all__ = ["ESTIMATORS", "plot_signal_quality", "signal_quality"]
+__all__ = ["ESTIMATORS", "signal_quality"]
 
 ESTIMATORS = ("random", "filter", "linear", "two_component")
 TARGETS = ("rectified", "linear")
@@ -460,36 +460,3 @@ def _layer_readouts(layer: EvaluatedLayer, estimators: Sequence[str], patterns: 
     av = np.stack([np.stack([np.sum(a_pos * vs[k], 0), np.sum(a_neg * vs[k], 0)], -1)
                    for k, (a_pos, a_neg) in chosen.items()])
     return np.concatenate([vs[k] for k in estimators], axis=1), av, target
-
-
-def plot_signal_quality(rho: Mapping[str, Mapping[str, Any]], ax: Any = None,
-                        title: str | None = None) -> Any:
-    """Draws rho per layer for each estimator, as the paper's Fig. 3.
-
-    Args:
-        rho: :func:`signal_quality`'s result (means, or per-neuron arrays,
-            which are averaged).
-        ax: Matplotlib axes to draw into (default: a new figure).
-        title: Figure title.
-
-    Returns:
-        The matplotlib figure.
-    """
-    fig, ax = figure_axes(ax, (7.0, 3.8))
-    labels = {"random": "random", "filter": "$S_w$", "linear": "$S_a$",
-              "two_component": "$S_{a+-}$"}
-    layers = list(next(iter(rho.values())))
-    x = np.arange(len(layers))
-    width = 0.8 / max(len(rho), 1)
-    for i, (kind, by_layer) in enumerate(rho.items()):
-        values = [float(np.nanmean(by_layer[name])) for name in layers]
-        ax.bar(x + (i - (len(rho) - 1) / 2) * width, values, width, label=labels.get(kind, kind))
-    ax.set_xticks(x, layers, rotation=45, ha="right")
-    ax.set_ylabel(r"$\rho(S)$")
-    ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.3)
-    ax.axhline(0.0, color="black", linewidth=0.5)
-    ax.axhline(1.0, color="grey", linewidth=0.5, linestyle=":")
-    ax.legend(fontsize="small", loc="upper center", ncol=len(rho))
-    if title:
-        ax.set_title(title)
-    return fig
