@@ -293,8 +293,8 @@ def _degradation(out: str, digits: dict[str, Any], settings: DemoSettings, steps
     with steps.step(f"Image degradation of {len(x)} test digits, every analyzer and random order"):
         curves = degradation_curves(digits["model"], x, digits["analyses"], patch_size=4 if
                              settings.digits_size >= 16 else None, verbose=verbose)
-    fig = plot_perturbation_curves({viz.DISPLAY_NAMES.get(k, k): v for k, v in curves.items()},
-                                   title="Image degradation (digits CNN)")
+    titled = {k if k == "random" else viz.DISPLAY_NAMES.get(k, k): v for k, v in curves.items()}
+    fig = plot_perturbation_curves(titled, title="Image degradation (digits CNN)")
     fig.savefig(os.path.join(out, "degradation.png"), dpi=DPI)
     return {"figure": "degradation.png", "patch_size": curves["random"]["patch_size"],
             "aopc": {k: v["aopc"] for k, v in curves.items()},

@@ -212,13 +212,26 @@ def _color_scale(fig: Figure, top_row: list[Any], rows: int, cmap: str = "seismi
     from matplotlib.colors import Normalize
 
     top, right = top_row[0].get_position(), max(ax.get_position().x1 for ax in top_row)
-    height = min(top.height * rows, 2.5 / fig.get_figheight())
+    inch = 1 / fig.get_figheight()
+    height = min(top.height * rows, 2.5 * inch, top.y1 - 0.3 * inch)   # room for the caption
     cax = fig.add_axes((right + 0.2 / fig.get_figwidth(), top.y1 - height,
                         0.12 / fig.get_figwidth(), height), label="colour scale")
     bar = fig.colorbar(ScalarMappable(Normalize(-1, 1), cmap), cax=cax, ticks=[-1, 0, 1])
     bar.ax.set_yticklabels(["-max|a|", "0", "+max|a|"], fontsize="small")
     bar.ax.text(0.5, -0.03, "per\nimage", transform=cax.transAxes, ha="center", va="top",
                 fontsize="x-small")
+
+
+def _draw_block(block: Any, columns: list[str | None],
+                panels: Mapping[str, tuple[Any, str | None]], titled: bool) -> None:
+    """One input's panels; ``titled`` for the top row (column titles)."""
+    for ax, column in zip(block, columns):
+        if column is None:
+            ax.set_axis_off()
+            continue
+        _show(ax, _panel(*panels[column]))
+        if titled:
+            ax.set_title(_title(column), fontsize="medium")
 
 
 def _label_room(row_labels: Sequence[str] | None, flat: bool) -> float:
@@ -311,21 +324,18 @@ def plot_grid(x: Any, analyses: Mapping[str, Any], row_labels: Sequence[str] | N
     panels = {_INPUT_COLUMN: x, **references, **analyses}
     shaded = "attribution" in column_kinds.values()
     fig, blocks, flat = _layout(x, columns, row_labels, cell_size, int(per_row), shaded)
-    for i, block in enumerate(blocks):
-        for ax, column in zip(block, columns):
-            if column is None or i >= len(x):
-                ax.set_axis_off()
-                continue
-            _show(ax, _panel(panels[column][i], kinds_all[column]))
-            if i < per_row:
-                ax.set_title(_title(column), fontsize="medium")
-        if row_labels is not None and i < len(x):
+    for i, block in enumerate(blocks[:len(x)]):
+        _draw_block(block, columns, {c: (panels[c][i], kinds_all[c]) for c in panels}, i < per_row)
+        if row_labels is not None:
             block[0].set_ylabel(row_labels[i], fontsize="small", rotation=0 if flat else 90,
                                 ha="right" if flat else "center", va="center" if flat else "bottom")
+    for ax in [ax for block in blocks[len(x):] for ax in block]:
+        ax.set_axis_off()                                # the empty end of the last row
     for block in blocks[:per_row]:
         _group_headers(fig, block, columns, kinds_all)
     if shaded:
-        _color_scale(fig, [ax for block in blocks[:per_row] for ax in block], len(blocks) // per_row)
+        top_row = [ax for block in blocks[:per_row] for ax in block]
+        _color_scale(fig, top_row, len(blocks) // per_row)
     return fig
 
 

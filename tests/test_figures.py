@@ -58,6 +58,12 @@ def test_heatmaps_have_a_colour_scale_and_projections_none():
     assert bars[0].get_window_extent(renderer).x0 >= heat.get_window_extent(renderer).x1
     assert not [ax for ax in viz.plot_grid(x, {"gradient": x}).axes
                 if ax.get_label() == "colour scale"], "a colour scale without any heat map"
+    flat = np.random.default_rng(1).normal(size=(3, 10))              # short rows: bar still fits
+    fig = viz.plot_grid(flat, {"lrp.z": flat}, row_labels=["a", "b", "c"], per_row=2)
+    renderer = _rendered(fig)
+    bar = [ax for ax in fig.axes if ax.get_label() == "colour scale"][0]
+    box = bar.get_tightbbox(renderer)
+    assert box.y0 >= 0 and box.x1 <= fig.bbox.x1, f"the colour scale {box} leaves the figure"
 
 
 def test_any_column_title_is_accepted():
