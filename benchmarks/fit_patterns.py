@@ -9,7 +9,8 @@ Both are measured in one run, on the same model and batch size:
   repetitions, in wall time and in process CPU time (steadier on a shared
   machine); the end-to-end ``compute`` time per sample (k = 4: 8 batches,
   one-time costs included) is reported too;
-* peak memory: each workload in a fresh subprocess, the peak resident set
+* peak memory (``relu``, and the low-memory ``relu.positive``): each
+  workload in a fresh subprocess, the peak resident set
   size (``VmHWM``) of the whole process, and above the resident size once
   the model and data are built; the training step uses plain SGD (the
   target's reference: no optimizer state), and an Adam step (two moments
@@ -110,8 +111,9 @@ def child(name: str, batch: int, workload: str, steps: int) -> None:
         step = train_step(model, "adam" if workload == "train_adam" else "sgd")
         for i in range(steps):
             step(x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]).numpy()
-    else:
-        PatternComputer(model, "relu").compute(x, batch_size=batch, verbose=0)
+    else:  # "fit": both regimes; "fit_positive": the low-memory mode
+        pattern_type = "relu.positive" if workload == "fit_positive" else "relu"
+        PatternComputer(model, pattern_type).compute(x, batch_size=batch, verbose=0)
     print(json.dumps({"baseline_mb": baseline, "peak_mb": memory_mb("VmHWM")}))
 
 
@@ -159,11 +161,13 @@ def bench(name: str, batch: int, reps: int, k: int) -> dict:
     row["cpu_time_ratio"] = row["fit_cpu_ms_per_sample"] / row["train_cpu_ms_per_sample"]
     row["end_to_end_time_ratio"] = (row["fit_end_to_end_ms_per_sample"]
                                     / row["train_ms_per_sample"])
-    train, adam, fit = (measure_memory(name, batch, w, 2 * k)
-                        for w in ("train", "train_adam", "fit"))
+    train, adam, fit, positive = (measure_memory(name, batch, w, 2 * k)
+                                  for w in ("train", "train_adam", "fit", "fit_positive"))
     row.update(train_peak_mb=train["peak_mb"], fit_peak_mb=fit["peak_mb"],
                train_adam_peak_mb=adam["peak_mb"],
                memory_ratio_vs_adam=fit["peak_mb"] / adam["peak_mb"],
+               fit_positive_peak_mb=positive["peak_mb"],
+               positive_memory_ratio_vs_adam=positive["peak_mb"] / adam["peak_mb"],
                baseline_mb=min(train["baseline_mb"], fit["baseline_mb"]),
                memory_ratio=fit["peak_mb"] / train["peak_mb"],
                memory_ratio_above_baseline=(fit["peak_mb"] - fit["baseline_mb"])
@@ -186,7 +190,7 @@ def main() -> None:
     rows = []
     print(f"{'model':10s} {'batch':>5s} {'train ms/s':>10s} {'fit ms/s':>9s} {'time':>6s} "
           f"{'cpu time':>8s} {'end2end':>7s} {'train MB':>9s} {'fit MB':>8s} {'memory':>7s} "
-          f"{'above base':>10s} {'vs Adam':>7s} {'load':>5s}")
+          f"{'above base':>10s} {'vs Adam':>7s} {'low-mem':>7s} {'load':>5s}")
     for config in args.configs:
         name, _, batch = config.partition(":")
         if name not in MODELS or not batch.isdigit():
@@ -199,6 +203,7 @@ def main() -> None:
               f"{r['cpu_time_ratio']:7.2f}x {r['end_to_end_time_ratio']:6.2f}x "
               f"{r['train_peak_mb']:9.0f} {r['fit_peak_mb']:8.0f} {r['memory_ratio']:6.2f}x "
               f"{r['memory_ratio_above_baseline']:9.2f}x {r['memory_ratio_vs_adam']:6.2f}x "
+              f"{r['positive_memory_ratio_vs_adam']:6.2f}x "
               f"{r['load_average_before'][0]:5.2f}",
               flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
