@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from pattern_reference import patterns_from_samples
 
-from innv_pattern.patterns import PatternStatistics, expand_pattern_type
+from innv_pattern.patterns import PatternStatistics, estimators, expand_pattern_type
 from innv_pattern.patterns.estimators import state_shapes
 
 TYPES = ("linear", "relu.positive", "relu.negative", "relu_eq7.positive", "relu_eq7.negative")
@@ -240,3 +240,28 @@ def test_shrinkage_moves_few_sample_regimes_to_the_linear_pattern():
     np.testing.assert_allclose(far["relu.positive"], plain["linear"], rtol=1e-5)
     np.testing.assert_allclose(stats.finalize(w, TYPES, shrinkage=0.0)[0]["relu.positive"],
                                plain["relu.positive"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape, axes, x_shape, regimes", [
+    ((5, 7), (1,), (5, 1), True), ((3, 3, 4, 9), (3,), (3, 3, 4, 1), "positive"),
+    ((3, 3, 4, 6), (2, 3), (3, 3, 4, 6), True), ((3, 3, 6, 4), (2,), (3, 3, 1, 4), False)],
+    ids=["dense", "conv_positive", "depthwise", "transposed"])
+def test_large_kernels_finalize_a_slice_of_neurons_at_a_time(shape, axes, x_shape, regimes,
+                                                            monkeypatch):
+    """Kernels above FINALIZE_CHUNK weights are finalized in slices of neurons along the last
+    axis (when it indexes neurons: not for a transposed kernel): the same patterns and
+    degenerate counts, to float64 summation order."""
+    rng = np.random.default_rng(0)
+    stats = PatternStatistics(shape, axes, regimes, x_shape)
+    stats.update({k: rng.uniform(1, 2, v.shape) * (50 if k.startswith("count") else 1)
+                  for k, v in stats.sums.items()} | {"count": 200.0})
+    types = (("relu.positive",) if regimes == "positive" else
+             ("linear", "relu.positive", "relu.negative") if regimes else ("linear",))
+    w = rng.normal(size=shape)
+    whole, degenerate = stats.finalize(w, types)
+    monkeypatch.setattr(estimators, "FINALIZE_CHUNK", 5)
+    sliced, sliced_degenerate = stats.finalize(w, types)
+    assert sliced_degenerate == degenerate
+    for kind in types:
+        np.testing.assert_allclose(sliced[kind], whole[kind], rtol=1e-12,
+                                   atol=1e-12 * np.abs(whole[kind]).max())

@@ -76,6 +76,8 @@ PATTERN_TYPES: dict[str, tuple[str, ...]] = {
 POSITIVE = "positive"
 #: Relative size of ``w^T num`` below which a neuron is degenerate.
 DEGENERATE_RTOL = 1e-6
+#: Kernels larger than this (weights) are finalized a slice of neurons at a time.
+FINALIZE_CHUNK = 1 << 20
 
 def expand_pattern_type(pattern_type: str | Iterable[str]) -> tuple[str, ...]:
     """The concrete pattern types of ``pattern_type``, the primary one first.
@@ -255,14 +257,44 @@ class PatternStatistics:
         if w.shape != self.kernel_shape:
             raise ValueError(f"Kernel shape {w.shape} does not match the statistics' "
                              f"kernel shape {self.kernel_shape}.")
-        patterns, degenerate = {}, {}
-        work = np.empty(self.kernel_shape)
         if shrinkage < 0:
             raise ValueError(f"shrinkage must be >= 0 pseudo-samples; received {shrinkage!r}.")
         if shrinkage and self.regimes == POSITIVE:
             raise ValueError("shrinkage needs the all-sample statistics, which positive-regime "
                              "statistics (pattern_type 'relu.positive') do not keep; fit "
                              "pattern_type='relu' for shrinkage.")
+        types, last = tuple(types), len(self.kernel_shape) - 1
+        size = int(np.prod(self.kernel_shape))
+        if last not in self.neuron_axes or size <= FINALIZE_CHUNK:
+            return self._finalize(w, types, dtype, shrinkage)
+        # Neurons in chunks along the last axis: float64 scratch of a chunk, not of the kernel.
+        patterns = {kind: np.empty(self.kernel_shape, dtype) for kind in types}
+        degenerate = dict.fromkeys(types, 0)
+        step = max(1, FINALIZE_CHUNK * self.kernel_shape[last] // size)
+        for start in range(0, self.kernel_shape[last], step):
+            part = self._neurons(slice(start, start + step))
+            found, bad = part._finalize(w[..., start:start + step], types, dtype, shrinkage)
+            for kind in types:
+                patterns[kind][..., start:start + step] = found[kind]
+                degenerate[kind] += bad[kind]
+        return patterns, degenerate
+
+    def _neurons(self, chunk: slice) -> "PatternStatistics":
+        """The statistics of a slice of the neurons along the kernel's last axis (views)."""
+        n = self.kernel_shape[-1]
+        shape = self.kernel_shape[:-1] + (len(range(n)[chunk]),)
+        x_shape = self.x_shape[:-1] + ((shape[-1],) if self.x_shape[-1] == n else (1,))
+        part = PatternStatistics.__new__(PatternStatistics)  # no arrays of its own
+        part.kernel_shape, part.x_shape, part.neuron_axes = shape, x_shape, self.neuron_axes
+        part.regimes, part._empty = self.regimes, False
+        part.sums = {k: v[..., chunk] if np.ndim(v) and v.shape[-1] == n else v
+                     for k, v in self.sums.items()}
+        return part
+
+    def _finalize(self, w: np.ndarray, types: tuple[str, ...], dtype: Any,
+                  shrinkage: float) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        patterns, degenerate = {}, {}
+        work = np.empty(self.kernel_shape)
         for kind in types:
             numerator = np.empty(self.kernel_shape)
             count = self._numerator(kind, numerator)
