@@ -139,10 +139,19 @@ def _start_tensorflow(strategy: str = "default") -> Any:
     with _native_stderr_silenced():
         import tensorflow as tf
 
-        made = {"default": lambda: None, "mirrored": tf.distribute.MirroredStrategy,
+        made = {"default": lambda: None, "mirrored": _mirrored,
                 "multiworker": tf.distribute.MultiWorkerMirroredStrategy}[strategy]()
         tf.config.list_logical_devices()
     return made
+
+
+def _mirrored() -> Any:
+    """A ``MirroredStrategy`` over every GPU, else over every logical CPU device (TensorFlow's
+    default takes only ``CPU:0`` when there is no GPU)."""
+    import tensorflow as tf
+
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    return tf.distribute.MirroredStrategy([d.name for d in devices])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -396,14 +405,16 @@ def _analyzer(method: str, model: Any, patterns: Any, neuron: int | None) -> Any
 
 def _analyze(analyzer: Any, x: np.ndarray, neuron: int | None, batch_size: int) -> np.ndarray:
     """``analyzer.analyze`` batch by batch, with a progress bar for more than one batch."""
-    import keras
+    from innv_pattern.progress import Progress
 
-    bar = keras.utils.Progbar(len(x), unit_name="sample") if len(x) > batch_size else None
+    bar = Progress(len(x), "sample") if len(x) > batch_size else None
     parts = []
     for start in range(0, len(x), batch_size):
         parts.append(analyzer.analyze(x[start:start + batch_size], neuron_selection=neuron))
         if bar is not None:
             bar.update(min(start + batch_size, len(x)))
+    if bar is not None:
+        bar.done()
     return np.concatenate(parts)
 
 

@@ -31,6 +31,7 @@ from innv_pattern.analyzer_base import KINDS
 from innv_pattern.analyzers import analyzer_classes
 from innv_pattern.evaluate import analyze_all, smoothgrad_noise
 from innv_pattern.patterns import PatternComputer
+from innv_pattern.progress import Progress
 from innv_pattern.style import DPI
 from innv_pattern.tables import markdown_table
 
@@ -86,12 +87,14 @@ class _EpochBar(keras.callbacks.Callback):
 
     def __init__(self, epochs: int, verbose: int) -> None:
         super().__init__()
-        self.bar = keras.utils.Progbar(epochs, unit_name="epoch", verbose=verbose)
+        self.bar = Progress(epochs, "epoch") if verbose else None
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs = logs or {}
-        self.bar.stateful_metrics.update(logs)        # show this epoch's values, not a mean
-        self.bar.update(epoch + 1, values=list(logs.items()))
+        if self.bar is None:
+            return
+        self.bar.update(epoch + 1, ", ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items()))
+        if epoch + 1 == self.bar.target:
+            self.bar.done()
 
 
 def _train(model: keras.Model, x: np.ndarray, y: np.ndarray, epochs: int, verbose: int) -> None:

@@ -68,7 +68,7 @@ class Progress:
 
     def line(self) -> str:
         """The progress text, without control characters."""
-        unit = self.unit + ("es" if self.unit.endswith(("s", "ch")) else "s")
+        unit = self.unit + ("es" if self.unit.endswith(("s", "x", "sh", "tch")) else "s")
         if self.target:
             text = (f"{self.current}/{self.target} {unit} "
                     f"({100 * self.current / self.target:.0f}%)")

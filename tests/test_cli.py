@@ -225,7 +225,10 @@ def test_explain_every_method_on_npz_and_folder(files, tmp_path, capsys):
         assert main(["explain", "--model", files["model.keras"], "--method", method, "--input",
                      files["x.npz"], "--key", "images", "--out", out + ".png", *extra]) == 0
         assert np.load(out + ".npy").shape == (48,) + SHAPE
-    assert ".png' (the first 16)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert ".png' (the first 16)" in printed
+    # 48 inputs in batches of 32: a progress line, plain text when output is not a terminal
+    assert "48/48 samples (100%)" in printed and not any(c in printed for c in "\r\b\x1b")
     out = str(tmp_path / "folder")
     assert main(["explain", "--model", files["model.keras"], "--method", "guided_backprop",
                  "--input", files["images"], "--scale", "1/255", "--neuron", "2", "--out",
@@ -397,7 +400,11 @@ def test_help_lists_the_four_commands(capsys):
 def test_demo_quick_writes_figures_and_report(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["demo", "--quick", "--out", "demo_out"]) == 0
-    assert "open 'demo_out/report.md'" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "open 'demo_out/report.md'" in printed
+    # progress (epochs, analyzers, curves) in plain lines: captured output is not a terminal
+    assert "epochs (100%)" in printed and "curves (100%)" in printed
+    assert not any(c in printed for c in "\r\b\x1b"), repr(printed[:500])
     out = tmp_path / "demo_out"
     for name in ("digits_grid.png", "ground_truth.png", "photos_grid.png", "signal_quality.png",
                  "degradation.png", "report.md", "results.json", "digits_cnn.keras",
@@ -471,3 +478,16 @@ def test_benchmark_command_writes_the_ground_truth_tables_and_figures(tmp_path, 
         p.name for p in out.iterdir()}
     scores = json.loads((out / "groundtruth.json").read_text())["cells"][0]["scores"]
     assert {"gradient", "pattern.attribution", "random", "sobel"} <= set(scores)
+
+
+def test_mirrored_strategy_spreads_over_every_logical_cpu_without_a_gpu():
+    """`--strategy mirrored` on a machine without GPUs used one replica (TensorFlow's
+    MirroredStrategy() takes CPU:0 only); with the CPU split in two it must use both."""
+    code = ("import tensorflow as tf\n"
+            "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+            "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
+            "from innv_pattern.cli import _mirrored\n"
+            "print('replicas', _mirrored().num_replicas_in_sync)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert "replicas 2" in done.stdout, done.stdout + done.stderr[-2000:]

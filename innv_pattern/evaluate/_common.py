@@ -65,9 +65,8 @@ def analyze_all(model: Any, x: np.ndarray, analyzer_names: Sequence[str],
         analyzer_kwargs: Extra options per analyzer name.
         verbose: 1 shows a progress bar over the analyzers.
     """
-    import keras
-
     import innv_pattern as ip
+    from innv_pattern.progress import Progress
 
     kwargs = analyzer_kwargs or {}
     unknown = [n for n in analyzer_names if n not in ip.list_analyzers()]
@@ -81,7 +80,7 @@ def analyze_all(model: Any, x: np.ndarray, analyzer_names: Sequence[str],
         from innv_pattern.patterns import PatternComputer
 
         patterns = PatternComputer(model, pattern_type="relu").compute(fit_data, verbose=0)
-    bar = keras.utils.Progbar(len(analyzer_names), unit_name="analyzer", verbose=verbose)
+    bar = Progress(len(analyzer_names), "analyzer") if verbose else None
     result = {}
     for i, name in enumerate(analyzer_names):
         extra = dict(kwargs.get(name, {}))
@@ -89,7 +88,10 @@ def analyze_all(model: Any, x: np.ndarray, analyzer_names: Sequence[str],
             extra = {**pattern_options(patterns, extra.get("pattern_type")), **extra}
         analyzer = ip.create_analyzer(name, model, **extra)
         result[name] = np.asarray(analyzer.analyze(x, batch_size=batch_size))
-        bar.update(i + 1)
+        if bar is not None:
+            bar.update(i + 1, name)
+    if bar is not None:
+        bar.done()
     return result
 
 

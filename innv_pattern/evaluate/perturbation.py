@@ -187,16 +187,19 @@ def degradation_curves(model: Any, x: np.ndarray, analyses: Mapping[str, Any],
     Returns:
         ``{label: perturbation_curve(...)}``, ``"random"`` first.
     """
-    import keras
+    from innv_pattern.progress import Progress
 
     size = patch_size or degrading_patch_size(min(x.shape[1:3]))
     steps = min(max_steps, -(-x.shape[1] // size) * -(-x.shape[2] // size))
     orders = {"random": "random", **analyses}
-    bar = keras.utils.Progbar(len(orders), unit_name="curve", verbose=verbose)
+    bar = Progress(len(orders), "curve") if verbose else None
     curves = {}
     for i, (label, analysis) in enumerate(orders.items()):
         curves[label] = perturbation_curve(model, analysis, x, patch_size=size, steps=steps)
-        bar.update(i + 1)
+        if bar is not None:
+            bar.update(i + 1, label)
+    if bar is not None:
+        bar.done()
     return curves
 
 
