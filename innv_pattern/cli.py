@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -41,9 +42,9 @@ from innv_pattern.cli_args import (Parser, add_data_options, add_figure_options,
                                    add_pattern_options, input_options, non_negative, positive,
                                    save_figure)
 from innv_pattern.cli_io import (InputOptions, UserError, batches, check_exists,  # noqa: E402
-                                 fit_to_model, load_array, load_image_folder, load_model,
-                                 output_folder, read_inputs, with_input_shape, write_file_rows,
-                                 IMAGE_SUFFIXES)
+                                 fit_to_model, load_array, load_image_folder, load_images,
+                                 load_model, output_folder, read_inputs, with_input_shape,
+                                 write_file_rows, IMAGE_SUFFIXES)
 from innv_pattern.cli_patterns import check_input_scale, load_patterns  # noqa: E402
 from innv_pattern.style import FORMATS  # noqa: E402
 
@@ -373,7 +374,8 @@ def _run_explain(args: argparse.Namespace) -> None:
     output_folder(os.path.dirname(stem))
     _start_tensorflow()
     model = load_model(args.model)
-    x, files = read_inputs(args.input, args.key, model.input_shape, input_options(args))
+    options = input_options(args)
+    x, files = read_inputs(args.input, args.key, model.input_shape, options)
     patterns = None
     if args.patterns:
         patterns = load_patterns(args.patterns, model, args.allow_changed_weights)
@@ -387,11 +389,24 @@ def _run_explain(args: argparse.Namespace) -> None:
         written.append(f"'{stem}.files.csv' (the file of each row)")
     shown = slice(0, MAX_FIGURE_ROWS)
     labels, meaning = _row_labels(model, x[shown], args.neuron)
-    figure = save_figure(_explain_figure(x[shown], analysis[shown], args.method, labels), stem,
+    pictures = _as_read(args, model, options, files, x[shown])
+    figure = save_figure(_explain_figure(pictures, analysis[shown], args.method, labels), stem,
                          args, args.out)
     more = f" (the first {MAX_FIGURE_ROWS})" if len(x) > MAX_FIGURE_ROWS else ""
     print(f"Explained {len(x)} input(s) with {args.method}: {', '.join(written)}, "
           f"'{figure}'{more}; its rows are labelled with {meaning}.")
+
+
+def _as_read(args: argparse.Namespace, model: Any, options: InputOptions,
+             files: list[str] | None, x: np.ndarray) -> np.ndarray:
+    """The figure's input column: the inputs before ``--preprocess`` (keras.applications
+    preprocessing swaps channels and subtracts means, which would distort the pictures)."""
+    if options.preprocess is None:
+        return x
+    raw = dataclasses.replace(options, preprocess=None)
+    if files is not None:
+        return raw.apply(load_images(files[:len(x)], model.input_shape, options.size))
+    return read_inputs(args.input, args.key, model.input_shape, raw)[0][:len(x)]
 
 
 def _analyzer(method: str, model: Any, patterns: Any, neuron: int | None) -> Any:

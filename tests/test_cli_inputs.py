@@ -165,3 +165,23 @@ def test_python_dash_m_and_lazy_subpackages():
                          timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["signal_quality", "innv_pattern.viz", "load_digits"]
+
+
+def test_the_explain_figure_shows_the_images_before_preprocessing(any_size, monkeypatch):
+    """keras.applications preprocessing ('caffe': BGR, means subtracted) is what the model
+    reads, not a picture: the figure's input column gets the pixels as read, scaled only."""
+    import innv_pattern.cli as cli
+
+    drawn = {}
+    real = cli._explain_figure
+
+    def spy(x, analysis, method, labels):
+        drawn["x"] = x
+        return real(x, analysis, method, labels)
+
+    monkeypatch.setattr(cli, "_explain_figure", spy)
+    for source in ("folder", "npy"):
+        _explain(any_size, f"caffe_{source}", "--size", "16x16", "--scale", "1/255",
+                 "--preprocess", "caffe", source=source)
+        np.testing.assert_allclose(drawn["x"], any_size["pixels"] / 255, atol=1e-6,
+                                   err_msg=source)
