@@ -94,6 +94,9 @@ class Fitter:
             computer._layouts[op.name].neuron_shape)), dtypes[op.inputs[0]]), trainable=False)
             for op in computer._ops}
         options = dict(reduce_retracing=True, autograph=False)
+        # Small kernels' sums are computed in the forward call itself (each op costs a
+        # call otherwise); large kernels' in a call of their own, one op at a time.
+        self._inline = [int(np.prod(op.kernel_shape)) < INLINE_KERNEL for op in computer._ops]
         self._forward_values = tf.function(self._distributed_forward, **options)
         self._op_sums = [tf.function(functools.partial(self._distributed_op_sums, i), **options)
                          for i in range(len(computer._ops))]
@@ -126,17 +129,20 @@ class Fitter:
                 infinite inputs, or an overflow inside the model); nothing of
                 the batch was added to ``acc``.
         """
-        values, finite, samples = self._forward_values(x)
+        values, sums, finite, samples = self._forward_values(x)
         finite, samples = np.asarray(finite), float(samples)
         if not finite.all():
             raise ValueError(self._non_finite_message(x, finite, index))
         if self._periods is None:
             self._periods = self._kept_batches(samples)
         acc["samples"] += samples
-        for kept, value in zip(acc["kept"], values):
-            kept.append(value)
-        for i, period in enumerate(self._periods):
-            if len(acc["kept"][i]) >= period:
+        for name, op_sums in sums.items():
+            self._add(acc[name], op_sums)
+        large = [i for i, inline in enumerate(self._inline) if not inline]
+        for i, value in zip(large, values):
+            acc["kept"][i].append(value)
+        for i in large:
+            if len(acc["kept"][i]) >= self._periods[i]:
                 self._add_kept(acc, i)
         return int(samples)
 
@@ -161,12 +167,17 @@ class Fitter:
         op, kept = self.c._ops[i], acc["kept"][i]
         if not kept:
             return
-        target = None if self.on_host else acc[op.name]
-        sums = self._op_sums[i](list(kept), target)
+        sums = self._op_sums[i](list(kept))
         kept.clear()
-        if self.on_host:
-            for name, value in sums.items():
-                np.add(acc[op.name][name], value.numpy(), out=acc[op.name][name])
+        self._add(acc[op.name], sums)
+
+    def _add(self, target: dict[str, Any], sums: dict[str, tf.Tensor]) -> None:
+        """Adds float32 sums to float64 accumulators, in place (on their device)."""
+        for name, value in sums.items():
+            if self.on_host:
+                np.add(target[name], value.numpy(), out=target[name])
+            else:
+                target[name].assign_add(tf.cast(value, tf.float64))
 
     def check(self, x: Any, index: int) -> None:
         """Raises ``ValueError`` or ``TypeError`` naming batch ``index`` if ``x`` does not fit.
@@ -271,23 +282,35 @@ class Fitter:
         return batch_sums(op, self.c._layouts[op.name], x, y, pos, self.means[op.name],
                           self.y_shifts[op.name], self.c._regimes, kernel)
 
-    def _replica_forward(self, x: Any) -> tuple[list[tuple[tf.Tensor, ...]], tf.Tensor,
-                                                 tf.Tensor]:
-        """Per op ``(input, linear output, positive regime)``; finiteness per op; samples."""
+    def _replica_forward(self, x: Any) -> tuple[list[tuple[tf.Tensor, ...]], dict[str, Any],
+                                                 tf.Tensor, tf.Tensor]:
+        """The forward pass of a batch on one replica.
+
+        Returns ``(input, linear output, positive regime)`` of each large op,
+        the (all-reduced) sums of each small op, finiteness per op (all
+        replicas) and the number of samples (all replicas).
+        """
         xs = self._inputs(x)
         forward = self._forward(xs)
         risky = [tf.logical_not(_sums_fit_float32(x_in, y, out, self.means[op.name],
                                                   self.y_shifts[op.name]))
                  for op, x_in, y, out, _ in forward]
-        total = _all_reduce({"risky": tf.cast(tf.stack(risky), tf.float64),
-                             "samples": tf.cast(tf.shape(xs[0])[0], tf.float64)})
-        values = [(x_in, y, out > 0) for _, x_in, y, out, _ in forward]
-        return values, tf.equal(total["risky"], 0.0), total["samples"]
+        total = {"risky": tf.cast(tf.stack(risky), tf.float64),
+                 "samples": tf.cast(tf.shape(xs[0])[0], tf.float64)}
+        values = []
+        for (op, x_in, y, out, kernel), inline in zip(forward, self._inline):
+            if inline:
+                total[op.name] = self._batch_sums(op, x_in, y, out > 0, kernel)
+            else:
+                values.append((x_in, y, out > 0))
+        total = _all_reduce(total)
+        finite, samples = tf.equal(total.pop("risky"), 0.0), total.pop("samples")
+        return values, total, finite, samples
 
-    def _distributed_forward(self, x: Any) -> tuple[Any, tf.Tensor, tf.Tensor]:
-        values, finite, samples = self.c.strategy.run(self._replica_forward, args=(x,))
+    def _distributed_forward(self, x: Any) -> tuple[Any, dict[str, Any], tf.Tensor, tf.Tensor]:
+        values, sums, finite, samples = self.c.strategy.run(self._replica_forward, args=(x,))
         local = self.c.strategy.experimental_local_results
-        return values, local(finite)[0], local(samples)[0]
+        return values, local(sums)[0], local(finite)[0], local(samples)[0]
 
     def _replica_op_sums(self, i: int, kept: list[tuple[tf.Tensor, ...]]) -> dict[str, tf.Tensor]:
         op = self.c._ops[i]
@@ -295,17 +318,11 @@ class Fitter:
                      for parts in zip(*kept))
         return _all_reduce(self._batch_sums(op, x, y, pos, op.get_kernel()))
 
-    def _distributed_op_sums(self, i: int, kept: list[tuple[Any, ...]],
-                             target: dict[str, tf.Variable] | None) -> dict[str, tf.Tensor]:
-        """Op ``i``'s sums over the kept batches; added to ``target`` if given (on devices)."""
+    def _distributed_op_sums(self, i: int, kept: list[tuple[Any, ...]]) -> dict[str, tf.Tensor]:
+        """Op ``i``'s sums over the batches it kept (all-reduced)."""
         per_replica = self.c.strategy.run(functools.partial(self._replica_op_sums, i),
                                           args=(kept,))
-        sums = self.c.strategy.experimental_local_results(per_replica)[0]
-        if target is None:
-            return sums
-        for name, var in target.items():
-            var.assign_add(tf.cast(sums[name], tf.float64))
-        return {}
+        return self.c.strategy.experimental_local_results(per_replica)[0]
 
     def _replica_means(self, x: Any) -> dict[str, Any]:
         _, values = self.c._graph.run(self._inputs(x), keep=True)
@@ -359,6 +376,9 @@ class Fitter:
 #: most this fraction of its kernel's size: half a float32 kernel, against the
 #: 12 bytes per weight of its float32 sums and 24 of its float64 accumulators.
 BUFFER_FRACTION = 0.5
+#: Kernels of fewer weights get their sums in the forward call (their float32 sums,
+#: 12 bytes per weight, coexist); larger ones one op at a time, in calls of their own.
+INLINE_KERNEL = 1 << 20
 #: Most batches (times replicas) summed at once: a float32 sum over them stays
 #: below ``MAX_KEPT * _FLOAT32_SUM_BOUND``, well within float32's range.
 MAX_KEPT = 64
