@@ -157,7 +157,8 @@ class Fitter:
         shapes, periods = self.c._graph.shapes, []
         most = max(1, MAX_KEPT // self.c.strategy.num_replicas_in_sync)
         for op in self.c._ops:
-            per_sample = (2 * np.prod(shapes[op.outputs[0]][1:]) + np.prod(shapes[op.inputs[0]][1:]))
+            per_sample = (2 * np.prod(shapes[op.outputs[0]][1:])
+                          + np.prod(shapes[op.inputs[0]][1:]))
             kept = BUFFER_FRACTION * np.prod(op.kernel_shape) / (samples * per_sample)
             periods.append(int(min(max(kept, 1), most)))
         return periods
