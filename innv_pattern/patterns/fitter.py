@@ -1,10 +1,12 @@
 """The compiled per-batch work of a pattern fit, and where its sums accumulate.
 
-A batch is one compiled forward pass (every kernel op's input, linear output
-and regime, and a finiteness check), then, per kernel op, one compiled call
-for its sums (:func:`~innv_pattern.patterns.sums.batch_sums`: one kernel
-gradient per statistic), summed over replicas, added to float64
-accumulators, and freed before the next op's are computed.
+A batch is one compiled forward pass (a finiteness check; the sums of every
+kernel op under :data:`INLINE_KERNEL` weights, see
+:func:`~innv_pattern.patterns.sums.batch_sums`: one kernel gradient per
+statistic; the input, linear output and regime of each larger op), then,
+per larger op, one compiled call for its sums, added to float64
+accumulators and freed before the next op's are computed.  Sums are
+reduced over replicas.
 
 The kernel-sized work of an op (its kernel gradients and the float64 add)
 does not depend on the batch size, so an op whose batch of inputs and
@@ -19,8 +21,8 @@ The float64 accumulators live where memory is cheapest:
 * on the host (numpy) when every device of the strategy is a CPU: each op's
   float32 sums are added in place, so no second float64 copy of the
   statistics exists (on a CPU, device memory is host memory);
-* on the devices (float64 variables) otherwise, added inside the compiled
-  call, so that GPUs do not ship kernel-sized sums to the host.
+* on the devices (float64 variables) otherwise, each op's sums added on
+  their device, so that GPUs do not ship kernel-sized sums to the host.
 
 A batch adds all of its sums or none: :meth:`Fitter.check` refuses a batch of
 the wrong structure, shape or dtype on the host before the step runs, and
