@@ -146,9 +146,6 @@ def main() -> None:
     start = time.perf_counter()
     results = {}
     for name in args.nets:
-        if not tn.cache_path(name, args.seed, tn.EPOCHS[name]).exists():
-            tn.log(f"{name}: training (not cached)")
-            tn.train(name, tn.digits32(args.seed), args.seed, tn.EPOCHS[name], True)
         keras.utils.set_random_seed(args.seed)
         results[name] = check(name, args)
     text = table(results)

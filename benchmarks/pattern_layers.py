@@ -174,8 +174,6 @@ def main() -> None:
     start = time.perf_counter()
     results = {}
     for name in args.nets:
-        if not tn.cache_path(name, args.seed, tn.EPOCHS[name]).exists():
-            tn.train(name, tn.digits32(args.seed), args.seed, tn.EPOCHS[name], True)
         results[name] = measure(name, args)
     text = table(results)
     print(text)

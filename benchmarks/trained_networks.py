@@ -316,6 +316,10 @@ def recalibrate_batchnorm(model: Any, x: np.ndarray) -> None:
 
 
 def load_trained(name: str, seed: int, epochs: int) -> Any:
+    """The trained network from the cache, trained first if it is not cached."""
+    if not cache_path(name, seed, epochs).exists():
+        log(f"{name}: training (not cached)")
+        train(name, digits32(seed), seed, epochs, True)
     model = build(name)
     model.load_weights(cache_path(name, seed, epochs))
     return model
