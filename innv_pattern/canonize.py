@@ -46,8 +46,8 @@ import tensorflow as tf
 
 from innv_pattern import kinds
 from innv_pattern.graph import Graph, Node, fresh_key
-from innv_pattern.linear_maps import (DEPTHWISE, KERNEL_LAYERS, SEPARABLE, TRANSPOSE,
-                                      channel_axis, linear_map, pointwise, pointwise_strides)
+from innv_pattern.linear_maps import (KERNEL_LAYERS, SEPARABLE, KernelLayout, channel_axis,
+                                      layout_of, linear_map, pointwise, pointwise_strides)
 
 __all__ = [
     "ActivationOp",
@@ -76,8 +76,6 @@ def widen(t: Any) -> Any:
     if dtype is not None and tf.as_dtype(dtype).name in NARROW_FLOATS:
         return tf.cast(t, tf.float32)
     return t
-
-
 
 
 @dataclasses.dataclass(eq=False)
@@ -109,6 +107,8 @@ class KernelOp(Op):
         get_bias: Returns the (folded) bias as a tensor, or ``None``.
         kernel_shape: Static shape of the kernel.
         channel_axis: Axis of ``y`` that indexes the neurons (output channels).
+        layout: The roles of the kernel's axes (neurons, fan-in, depthwise,
+            transposed), see :class:`~innv_pattern.linear_maps.KernelLayout`.
     """
 
     linear: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] = None
@@ -116,6 +116,7 @@ class KernelOp(Op):
     get_bias: Callable[[], tf.Tensor | None] = None
     kernel_shape: tuple[int, ...] = ()
     channel_axis: int = -1
+    layout: KernelLayout = None
 
     @property
     def pattern_key(self) -> str:
@@ -324,7 +325,8 @@ def _kernel_ops(node: Node, shapes: dict, dtypes: dict) -> list[KernelOp]:
                      linear=(linear_map(layer) if strides is None
                              else pointwise(strides, layer.data_format)),
                      get_kernel=lambda: widen(tf.convert_to_tensor(layer.kernel)),
-                     kernel_shape=tuple(layer.kernel.shape), **common)]
+                     kernel_shape=tuple(layer.kernel.shape),
+                     layout=layout_of(layer, tuple(layer.kernel.shape)), **common)]
 
 
 def _bias_fn(layer: Any) -> Callable[[], tf.Tensor | None]:
@@ -347,12 +349,15 @@ def _separable_ops(node: Node, common: dict, shapes: dict, dtypes: dict) -> list
         linear=lambda x, k: keras.ops.depthwise_conv(x, k, **conv),
         get_kernel=lambda: widen(tf.convert_to_tensor(layer.depthwise_kernel)),
         kernel_shape=tuple(layer.depthwise_kernel.shape),
+        layout=KernelLayout.of_depthwise(tuple(layer.depthwise_kernel.shape),
+                                         layer.padding != "valid"),
         **{**common, "get_bias": lambda: None})
     pointwise_op = KernelOp(
         node.name + "/pointwise", inputs=(mid,), outputs=node.outputs,
         linear=pointwise((1,) * len(layer.strides), layer.data_format),
         get_kernel=lambda: widen(tf.convert_to_tensor(layer.pointwise_kernel)),
-        kernel_shape=tuple(layer.pointwise_kernel.shape), **common)
+        kernel_shape=tuple(layer.pointwise_kernel.shape),
+        layout=KernelLayout.of_dense(tuple(layer.pointwise_kernel.shape)), **common)
     return [depthwise_op, pointwise_op]
 
 
@@ -387,8 +392,7 @@ def _bn_axis_matches(bn: Any, kernel_op: KernelOp, rank: int) -> bool:
 def _folded(kernel_op: KernelOp, bn_op: Op) -> KernelOp:
     bn = bn_op.layer
     old_kernel, old_bias = kernel_op.get_kernel, kernel_op.get_bias
-    depthwise = isinstance(kernel_op.layer, DEPTHWISE) or kernel_op.name.endswith("/depthwise")
-    transpose = isinstance(kernel_op.layer, TRANSPOSE)
+    depthwise, transpose = kernel_op.layout.depthwise, kernel_op.layout.transposed
 
     def scale() -> tf.Tensor:
         gamma = widen(tf.convert_to_tensor(bn.gamma)) if bn.scale else 1.0
@@ -475,7 +479,8 @@ def _merge_ops(node: Node, shapes: dict, dtypes: dict) -> list[Op] | None:
                         kind=kinds.ROUTING, fn=interleave)
     return [stack, KernelOp(node.name, node.layer, (stacked,), node.outputs, linear=linear,
                             get_kernel=lambda: kernel, get_bias=lambda: None,
-                            kernel_shape=(n, out[-1]), channel_axis=-1)]
+                            kernel_shape=(n, out[-1]), channel_axis=-1,
+                            layout=KernelLayout((n, out[-1]), (1,), 1, 0, groups=out[-1]))]
 
 
 @dataclasses.dataclass(eq=False)

@@ -3,7 +3,9 @@
 Canonization (:mod:`innv_pattern.canonize`) gives every kernel layer such a
 map, linear in ``x`` and in ``kernel``, so that rules and pattern statistics can
 call it with other kernels (patterns, ``w * a``, ``w+``) and differentiate it.
-The classes of kernel layers are declared here, once.
+The classes of kernel layers, and the layout of each one's kernel
+(:class:`KernelLayout`: which axes index the neurons, which the fan-in), are
+declared here, once; canonization attaches both to every kernel op.
 
 Example:
     >>> import keras
@@ -15,14 +17,15 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import keras
 import tensorflow as tf
 
 __all__ = [
-    "CONV", "DEPTHWISE", "KERNEL_LAYERS", "SEPARABLE", "TRANSPOSE", "causal", "channel_axis",
-    "linear_map", "pointwise", "pointwise_strides", "strided",
+    "CONV", "DEPTHWISE", "KERNEL_LAYERS", "KernelLayout", "SEPARABLE", "TRANSPOSE", "causal",
+    "channel_axis", "layout_of", "linear_map", "pointwise", "pointwise_strides", "strided",
 ]
 
 CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
@@ -39,6 +42,112 @@ def channel_axis(layer: Any) -> int:
     if getattr(layer, "data_format", "channels_last") == "channels_first":
         return -(len(layer.kernel_size) + 1) if hasattr(layer, "kernel_size") else -1
     return -1
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelLayout:
+    """The roles of a kernel's axes.
+
+    Attributes:
+        kernel_shape: Shape of the kernel.
+        neuron_axes: Axes indexing the output neurons (non-negative).
+        out_axis: The neuron axis that does not index input channels: along
+            it every neuron reads the same inputs (ungrouped kernels).
+        in_axis: Axis indexing the input channel (within its group).
+        groups: Groups of a grouped convolution, else 1.
+        padded: Some patches read padding (or, for a transposed convolution,
+            miss kernel taps), so shifting ``x`` needs a correction.
+
+    Example:
+        >>> layer = keras.layers.DepthwiseConv2D(3, depth_multiplier=2)
+        >>> _ = layer.build((None, 8, 8, 3))
+        >>> layout = layout_of(layer, tuple(layer.kernel.shape))
+        >>> layout.neuron_axes, layout.x_shape, layout.depthwise
+        ((2, 3), (3, 3, 3, 1), True)
+    """
+
+    kernel_shape: tuple[int, ...]
+    neuron_axes: tuple[int, ...]
+    out_axis: int
+    in_axis: int
+    groups: int = 1
+    padded: bool = False
+
+    @property
+    def depthwise(self) -> bool:
+        """Each input channel has its own filters (a depthwise kernel ``(..., in, mult)``)."""
+        return len(self.neuron_axes) == 2
+
+    @property
+    def transposed(self) -> bool:
+        """The output channels come before the input channels (``(..., out, in)``)."""
+        return self.out_axis < self.in_axis and self.groups == 1
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        """Shape of the sum of ``x``: size 1 where all neurons read the same."""
+        if self.groups > 1:
+            return self.kernel_shape
+        return tuple(1 if i == self.out_axis else d for i, d in enumerate(self.kernel_shape))
+
+    @property
+    def neuron_shape(self) -> tuple[int, ...]:
+        """Kernel shape with size 1 on the fan-in axes."""
+        return tuple(d if i in self.neuron_axes else 1 for i, d in enumerate(self.kernel_shape))
+
+    @property
+    def fan_in_axes(self) -> tuple[int, ...]:
+        """Axes summed by ``w^T x``."""
+        return tuple(i for i in range(len(self.kernel_shape)) if i not in self.neuron_axes)
+
+    def compact_kernel(self, kernel: tf.Tensor) -> tf.Tensor:
+        """One neuron's worth of kernel, enough to sum ``x`` (see ``x_shape``)."""
+        if self.groups > 1:
+            return kernel
+        return tf.slice(kernel, [0] * len(self.kernel_shape), self.x_shape)
+
+    def shift_kernel(self, mean: tf.Tensor) -> tf.Tensor:
+        """The input shift per input channel, broadcastable to the kernel."""
+        rank = len(self.kernel_shape)
+        if self.groups == 1:
+            shape = [1] * rank
+            shape[self.in_axis] = -1
+            return tf.reshape(mean, shape)
+        per_group_in, out = self.kernel_shape[-2], self.kernel_shape[-1]
+        grouped = tf.transpose(tf.reshape(mean, [self.groups, per_group_in]))
+        spread = tf.repeat(grouped, out // self.groups, axis=1)
+        return tf.reshape(spread, [1] * (rank - 2) + [per_group_in, out])
+
+    @classmethod
+    def of_dense(cls, shape: tuple[int, ...]) -> "KernelLayout":
+        """``(..., in, out)`` read unpadded: Dense, a 1x1 'valid' (pointwise) kernel."""
+        rank = len(shape)
+        return cls(tuple(shape), (rank - 1,), rank - 1, rank - 2)
+
+    @classmethod
+    def of_depthwise(cls, shape: tuple[int, ...], padded: bool) -> "KernelLayout":
+        """``(..., in, multiplier)``: every ``(in, m)`` pair is a neuron."""
+        rank = len(shape)
+        return cls(tuple(shape), (rank - 2, rank - 1), rank - 1, rank - 2, padded=padded)
+
+
+def layout_of(layer: Any, kernel_shape: tuple[int, ...]) -> KernelLayout:
+    """The layout of a Dense, Conv, Depthwise or transposed kernel of ``layer``.
+
+    A separable convolution's halves are a depthwise and a pointwise kernel:
+    :meth:`KernelLayout.of_depthwise` and :meth:`KernelLayout.of_dense`.
+    """
+    shape = tuple(int(d) for d in kernel_shape)
+    rank = len(shape)
+    padded = getattr(layer, "padding", "valid") != "valid"
+    if isinstance(layer, DEPTHWISE):
+        return KernelLayout.of_depthwise(shape, padded)
+    if isinstance(layer, TRANSPOSE):
+        return KernelLayout(shape, (rank - 2,), rank - 2, rank - 1, padded=True)
+    if isinstance(layer, keras.layers.Dense):
+        return KernelLayout.of_dense(shape)
+    groups = int(getattr(layer, "groups", 1))
+    return KernelLayout(shape, (rank - 1,), rank - 1, rank - 2, groups=groups, padded=padded)
 
 
 def linear_map(layer: Any) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:

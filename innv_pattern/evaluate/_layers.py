@@ -32,7 +32,6 @@ import tensorflow as tf
 from innv_pattern import kinds
 from innv_pattern.canonize import ActivationOp, CanonicalGraph, KernelOp, LayerOp
 from innv_pattern.patterns.computer import regime_sources
-from innv_pattern.patterns.layout import KernelLayout, layout_of
 
 __all__ = ["EvaluatedLayer", "followed_by_relu", "memory_estimate", "select_layers"]
 
@@ -48,7 +47,6 @@ class EvaluatedLayer:
     # A rectifier gates the op's own output: the two-component estimator's regimes are the
     # sign of y + b, as samples() splits them (an op gated through an Add has other regimes).
     gated: bool = True
-    layout: KernelLayout | None = None
     # A depthwise op's input channel whose filters this is (None: every neuron reads all).
     channel: int | None = None
 
@@ -60,7 +58,7 @@ class EvaluatedLayer:
     def columns(self, array: Any) -> tf.Tensor:
         """``(D, neurons)``: the evaluated neurons' columns of a kernel-shaped ``array``."""
         a = tf.convert_to_tensor(array)
-        layout = self.layout or layout_of(self.op)
+        layout = self.op.layout
         neurons = self.neurons
         if self.channel is not None:           # this channel's depthwise filters
             a = tf.gather(a, self.channel, axis=layout.in_axis)
@@ -124,7 +122,7 @@ class EvaluatedLayer:
         neuron axis (size D) where the neurons were; a depthwise channel reads
         its own input channel with a ``(..., 1, D)`` kernel.
         """
-        layout = self.layout or layout_of(self.op)
+        layout = self.op.layout
         shape = list(self.op.kernel_shape)
         eye = tf.eye(self.dim, dtype=x.dtype)
         if self.channel is not None:
@@ -162,7 +160,7 @@ def select_layers(graph: CanonicalGraph, layers: Sequence[str] | None, max_neuro
         if missing:
             raise ValueError(f"Unknown layer(s) {missing}; the model's kernel layers are {names}.")
         ops = [op for op in ops if op.name in layers]
-    bad = [op.name for op in ops if layout_of(op).groups != 1]
+    bad = [op.name for op in ops if op.layout.groups != 1]
     if bad:
         raise ValueError(f"signal_quality supports Dense, convolutions (1D/2D/3D, transposed, "
                          f"depthwise, separable) but not grouped ones; received {bad}. Pass "
@@ -171,14 +169,14 @@ def select_layers(graph: CanonicalGraph, layers: Sequence[str] | None, max_neuro
     sources = regime_sources(graph)
     result = []
     for op in ops:
-        layout = layout_of(op)
+        layout = op.layout
         total = int(np.prod([op.kernel_shape[a] for a in layout.neuron_axes]))
         neurons = np.arange(total)
         if max_neurons is not None and total > max_neurons:
             neurons = np.sort(rng.choice(total, int(max_neurons), replace=False))
         common = dict(op=op, rectified=target == "rectified" and followed_by_relu(graph, op),
-                      gated=sources[op.name] == op.outputs[0], layout=layout)
-        if len(layout.neuron_axes) == 1:
+                      gated=sources[op.name] == op.outputs[0])
+        if not layout.depthwise:
             dim = int(np.prod(op.kernel_shape)) // total
             result.append(EvaluatedLayer(neurons=neurons, dim=dim, **common))
             continue

@@ -196,9 +196,8 @@ def _to_bias(op: KernelOp, rule: ZRule, z: tf.Tensor, arriving: tf.Tensor) -> np
 
 def _to_degenerate(op: KernelOp, analyzer: Any, arriving: tf.Tensor) -> tuple[int, np.ndarray]:
     """The number of neurons whose back-projection kernel is zero, and the relevance they get."""
-    from innv_pattern.patterns.layout import layout_of
 
-    layout = layout_of(op)
+    layout = op.layout
     pattern = np.asarray(analyzer.patterns[op.pattern_key], np.float64)
     if getattr(analyzer, "attribution", False):
         pattern = pattern * np.asarray(op.get_kernel().numpy(), np.float64)

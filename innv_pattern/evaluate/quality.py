@@ -411,7 +411,7 @@ def _collect(chosen: list[EvaluatedLayer], estimators: Sequence[str],
             else "linear", "samples": [regression[layer.key].count, evaluation[layer.key].count],
             "undefined": 0,
             "neurons_total": int(np.prod([layer.op.kernel_shape[a]
-                                          for a in layer.layout.neuron_axes]))})
+                                          for a in layer.op.layout.neuron_axes]))})
         entry["neurons"] += len(layer.neurons)
         entry["undefined"] += int(np.sum(~np.isfinite(corr[:, 0])))
     rho: dict[str, dict[str, Any]] = {e: {} for e in estimators}

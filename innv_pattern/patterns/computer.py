@@ -31,7 +31,6 @@ from innv_pattern.patterns.batches import generator_dataset, samples_in_batch, s
 from innv_pattern.patterns.estimators import (POSITIVE, PatternStatistics, expand_pattern_type,
                                              regimes_of)
 from innv_pattern.patterns.io import Fingerprint, Patterns
-from innv_pattern.patterns.layout import layout_of
 from innv_pattern.patterns.fitter import Fitter
 from innv_pattern.progress import Progress
 
@@ -90,7 +89,6 @@ class PatternComputer:
         if not self._ops:
             raise ValueError(f"Model '{model.name}' has no kernel layer (Dense or convolution); "
                              "there is nothing to fit patterns for.")
-        self._layouts = {op.name: layout_of(op) for op in self._ops}
         self._keys: dict[str, KernelOp] = {}  # pattern key -> first call of the layer
         for op in self._ops:
             self._keys.setdefault(op.pattern_key, op)  # a shared layer's calls share one
@@ -360,7 +358,7 @@ class PatternComputer:
             raise ValueError("These patterns carry no statistics (saved with statistics=False), "
                              "so they cannot be resumed or merged. Fit again.")
         for key, op in self._keys.items():
-            stats, layout = loaded.statistics[key], self._layouts[op.name]
+            stats, layout = loaded.statistics[key], op.layout
             expected = (layout.kernel_shape, layout.neuron_axes, self._regimes, layout.x_shape)
             received = (stats.kernel_shape, stats.neuron_axes, stats.regimes, stats.x_shape)
             if received != expected:

@@ -93,7 +93,7 @@ class Fitter:
                                                     dtypes[op.inputs[0]]), trainable=False)
                       for op in computer._ops}
         self.y_shifts = {op.name: tf.Variable(tf.zeros(int(np.prod(
-            computer._layouts[op.name].neuron_shape)), dtypes[op.inputs[0]]), trainable=False)
+            op.layout.neuron_shape)), dtypes[op.inputs[0]]), trainable=False)
             for op in computer._ops}
         options = dict(reduce_retracing=True, autograph=False)
         # Small kernels' sums are computed in the forward call itself (each op costs a
@@ -235,7 +235,7 @@ class Fitter:
 
     def _sum_shapes(self, op: KernelOp) -> dict[str, tuple[int, ...]]:
         """Shapes of :func:`batch_sums`' outputs."""
-        layout = self.c._layouts[op.name]
+        layout = op.layout
         shapes = self.c._graph.shapes
         out = tuple(shapes[op.outputs[0]][1:])
         regimes = self.c._regimes
@@ -282,7 +282,7 @@ class Fitter:
     def _batch_sums(self, op: KernelOp, x: tf.Tensor, y: tf.Tensor, pos: tf.Tensor,
                     kernel: tf.Tensor) -> dict[str, tf.Tensor]:
         """The sums of one op over some samples; ``pos``: their positive regime."""
-        return batch_sums(op, self.c._layouts[op.name], x, y, pos, self.means[op.name],
+        return batch_sums(op, op.layout, x, y, pos, self.means[op.name],
                           self.y_shifts[op.name], self.c._regimes, kernel)
 
     def _replica_forward(self, x: Any) -> tuple[list[tuple[tf.Tensor, ...]], dict[str, Any],
@@ -341,7 +341,7 @@ class Fitter:
         per_replica = self.c.strategy.run(self._replica_means, args=(x,))
         total = self.c.strategy.experimental_local_results(per_replica)[0]
         for op in self.c._ops:
-            layout = self.c._layouts[op.name]
+            layout = op.layout
             total_x, n = total[op.name]
             mean = tf.cast(total_x / tf.maximum(n, 1.0), self.means[op.name].dtype)
             self.means[op.name].assign(mean)
@@ -361,7 +361,7 @@ class Fitter:
         samples = int(np.asarray(acc.pop("samples")))
         statistics = {}
         for op in self.c._ops:
-            layout = self.c._layouts[op.name]
+            layout = op.layout
             sums = {k: np.asarray(v) if self.on_host else v.numpy()
                     for k, v in acc.pop(op.name).items()}
             found = finish(op, layout, sums, self.means[op.name])

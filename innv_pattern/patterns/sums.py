@@ -21,14 +21,13 @@ float64: a few kernel gradients of a single image.
 Example:
     >>> import keras, numpy as np, tensorflow as tf
     >>> from innv_pattern.canonize import canonize
-    >>> from innv_pattern.patterns.layout import layout_of
     >>> inp = keras.Input((3,))
     >>> op = canonize(keras.Model(inp, keras.layers.Dense(2)(inp))).kernel_ops[0]
     >>> x, kernel = tf.ones((4, 3)), op.get_kernel()
     >>> y = op.linear(x, kernel)
-    >>> sums = batch_sums(op, layout_of(op), x, y, y > 0, tf.zeros(3), tf.zeros(2), True, kernel)
+    >>> sums = batch_sums(op, op.layout, x, y, y > 0, tf.zeros(3), tf.zeros(2), True, kernel)
     >>> sums = {k: v.numpy().astype("float64") for k, v in sums.items()}
-    >>> found = finish(op, layout_of(op), sums, tf.zeros(3))
+    >>> found = finish(op, op.layout, sums, tf.zeros(3))
     >>> float(found["count"]), found["sum_x"].shape
     (4.0, (3, 1))
 """
@@ -40,7 +39,7 @@ import tensorflow as tf
 
 from innv_pattern.canonize import KernelOp
 from innv_pattern.patterns.estimators import POSITIVE
-from innv_pattern.patterns.layout import KernelLayout
+from innv_pattern.linear_maps import KernelLayout
 
 __all__ = ["batch_sums", "channel_sums", "finish", "kernel_grads"]
 
@@ -91,7 +90,7 @@ def batch_sums(op: KernelOp, layout: KernelLayout, x: tf.Tensor, y: tf.Tensor,
 
     Args:
         op: The kernel op.
-        layout: ``layout_of(op)``.
+        layout: ``op.layout``.
         x: The op's input batch.
         y: ``op.linear(x, kernel)``, the output without bias.
         pos: The positive regime (bool, like ``y``).
@@ -141,7 +140,7 @@ def finish(op: KernelOp, layout: KernelLayout, sums: dict[str, np.ndarray],
 
     Args:
         op: The kernel op.
-        layout: ``layout_of(op)``.
+        layout: ``op.layout``.
         sums: :func:`batch_sums` added up over batches, as float64 arrays.
         mean: The input shift the batches used.
     """
