@@ -267,25 +267,30 @@ def _image_geometry(input_shape: tuple, source: str,
 
 
 def _decode(path: Any, size: tuple[int, int], channels: int) -> Any:
-    """One image file (a string tensor) as a float32 ``(height, width, channels)`` tensor."""
+    """One image file (a string tensor) as a float32 ``(height, width, channels)`` tensor.
+
+    Colour and alpha are picked in ``uint8`` at the file's size and converted to
+    float by the resize itself (bilinear resizing reads ``uint8`` as float, so
+    the values are those of a float copy resized, without making that copy).
+    """
     import tensorflow as tf
 
     image = tf.io.decode_image(tf.io.read_file(path), channels=0, expand_animations=False)
     native = tf.shape(image)[-1]                 # 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA
     gray = image[..., :1]
     if channels == 1:                            # luma as PIL's convert("L") computes it
-        luma = tf.reduce_sum(tf.cast(image[..., :3], tf.float32) * [0.299, 0.587, 0.114], -1,
-                             keepdims=True)
-        color = tf.cond(native < 3, lambda: tf.cast(gray, tf.float32), lambda: tf.round(luma))
+        def luma() -> Any:                       # only for 3 or 4 channels (gray+alpha has 2)
+            rgb = tf.cast(image[..., :3], tf.float32)
+            return tf.cast(tf.round(tf.reduce_sum(rgb * [0.299, 0.587, 0.114], -1,
+                                                  keepdims=True)), tf.uint8)
+        color = tf.cond(native < 3, lambda: gray, luma)
     else:
-        color = tf.cast(tf.cond(native < 3, lambda: tf.tile(gray, [1, 1, 3]),
-                                lambda: image[..., :3]), tf.float32)
+        color = tf.cond(native < 3, lambda: tf.tile(gray, [1, 1, 3]), lambda: image[..., :3])
     if channels == 4:
-        opaque = tf.fill(tf.concat([tf.shape(image)[:2], [1]], 0), 255.0)
-        alpha = tf.cond(tf.equal(native % 2, 0), lambda: tf.cast(image[..., -1:], tf.float32),
-                        lambda: opaque)
+        opaque = tf.fill(tf.concat([tf.shape(image)[:2], [1]], 0), tf.constant(255, tf.uint8))
+        alpha = tf.cond(tf.equal(native % 2, 0), lambda: image[..., -1:], lambda: opaque)
         color = tf.concat([color, alpha], -1)
-    resized = tf.image.resize(color, size)
+    resized = tf.cast(tf.image.resize(color, size), tf.float32)
     resized.set_shape(tuple(size) + (channels,))
     return resized
 
@@ -327,17 +332,21 @@ def load_image_folder(folder: str, input_shape: tuple, options: InputOptions, ba
 
 
 def _per_channel_function(options: InputOptions, channels: int) -> Callable[[Any], Any]:
-    """``options.apply`` for image tensors, as one gather, multiply and add where it is that.
+    """``options.apply`` for image tensors, as one matrix product and add where it is that.
 
     Every keras.applications preprocessing is, per pixel, a channel
-    permutation (RGB to BGR) followed by a per-channel scale and shift; Keras
-    writes the permutation as ``x[..., ::-1]``, which TensorFlow runs ten times
-    slower than a gather, and made preprocessing cost more than decoding
-    (benchmarks/pipeline.py).  The form is read off ``options.apply`` at a few
-    probe pixels and checked on random images; anything else runs as it is.
+    permutation (RGB to BGR) followed by a per-channel scale and shift.  The
+    form is read off ``options.apply`` at a few probe pixels and checked on
+    random images; anything else runs as it is.  Keras writes the permutation
+    as ``x[..., ::-1]``; TensorFlow on CPU runs that, a gather on the channel
+    axis, and even a per-channel add broadcast over an image several times
+    slower than a matrix product on rows of pixels (a tf.data map over
+    224x224 images on 2 cores: 380 images/s for gather, multiply and add,
+    2300 for the product and add), and preprocessing cost more than decoding
+    (benchmarks/pipeline.py).  A matrix whose one non-zero
+    per column is the scale gives ``x[..., source] * scale`` exactly (the
+    other products are exact zeros); that is checked too.
     """
-    import tensorflow as tf
-
     if options == InputOptions(size=options.size):
         return options.apply                                # nothing to do
     probes = np.concatenate([np.zeros((1, channels)), 100.0 * np.eye(channels)])
@@ -345,18 +354,32 @@ def _per_channel_function(options: InputOptions, channels: int) -> Callable[[Any
                      np.float64).reshape(-1, channels)
     bias, matrix = out[0], (out[1:] - out[0]) / 100.0
     source = np.abs(matrix).argmax(axis=0)                 # the input channel of each output
-    scale = matrix[source, np.arange(channels)]
+    scale = matrix[source, np.arange(channels)].astype(np.float32)
     if np.count_nonzero(np.round(matrix, 6)) != channels or len(set(source)) != channels:
         return options.apply
+    fast = _channel_map(source, scale, bias.astype(np.float32))
+    check = np.random.default_rng(0).uniform(0, 255, (2, 5, 5, channels)).astype(np.float32)
+    got, expected = fast(check).numpy(), np.asarray(options.apply(check))
+    if not np.array_equal(got, check[..., source] * scale + bias.astype(np.float32)) or \
+            not np.allclose(got, expected, rtol=1e-5,
+                            atol=1e-5 * float(np.max(np.abs(expected), initial=1.0))):
+        return options.apply
+    return fast
+
+
+def _channel_map(source: np.ndarray, scale: np.ndarray, bias: np.ndarray) -> Callable[[Any], Any]:
+    """``x[..., source] * scale + bias`` for tensors, as a matrix product on rows of pixels."""
+    import tensorflow as tf
+
+    channels = len(source)
+    matrix = np.zeros((channels, channels), np.float32)
+    matrix[source, np.arange(channels)] = scale
 
     def fast(x: Any) -> Any:
-        return tf.gather(x, source, axis=-1) * scale.astype(np.float32) + bias.astype(np.float32)
+        x = tf.convert_to_tensor(x, tf.float32)
+        rows = tf.matmul(tf.reshape(x, [-1, channels]), matrix) + bias
+        return tf.reshape(rows, tf.shape(x))
 
-    check = np.random.default_rng(0).uniform(0, 255, (2, 5, 5, channels)).astype(np.float32)
-    expected = np.asarray(options.apply(check))
-    if not np.allclose(fast(tf.constant(check)).numpy(), expected, rtol=1e-5,
-                       atol=1e-5 * float(np.max(np.abs(expected), initial=1.0))):
-        return options.apply
     return fast
 
 
