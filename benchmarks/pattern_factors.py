@@ -209,7 +209,8 @@ def fit(model: Any, types: tuple[str, ...], x: np.ndarray) -> tuple[Any, Any, di
             degenerate[t] = degenerate.get(t, 0) + int(np.sum(n))
     info = {"types": list(types), "samples": len(x),
             "seconds": round(time.perf_counter() - start, 1),
-            "layers": len(patterns), "add_patterns": add_ops(computer._graph),
+            "layers": len(patterns), "add_patterns": add_ops(
+                computer.plan.graph if hasattr(computer, "plan") else computer._graph),
             "degenerate_neurons": degenerate,
             "few_sample_neurons": int(sum(computer.few_sample_neurons().values()))}
     return patterns, computer, info

@@ -29,10 +29,9 @@ import contextlib
 import dataclasses
 import logging
 import os
-import re
 import sys
 import warnings
-from typing import Any, Iterator, NoReturn, Sequence
+from typing import Any, Iterator, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -45,7 +44,9 @@ from innv_pattern.cli_io import (InputOptions, UserError, batches, check_exists,
                                  fit_to_model, load_array, load_image_folder, load_images,
                                  load_model, output_folder, read_inputs, with_input_shape,
                                  write_file_rows, IMAGE_SUFFIXES)
-from innv_pattern.cli_patterns import check_input_scale, load_patterns  # noqa: E402
+from innv_pattern.cli_patterns import (check_input_scale, is_lost_peer, load_patterns,  # noqa: E402
+                                       lost_peer_message, partial_path, save_partial)
+from innv_pattern.patterns.estimators import DEFAULT_ESTIMATOR, ESTIMATORS  # noqa: E402
 from innv_pattern.style import FORMATS  # noqa: E402
 
 __all__ = ["build_parser", "main"]
@@ -76,6 +77,10 @@ class _AnalyzerNames:
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
+
+#: ``fit --pattern-type``: each estimator, and the linear one with each other one.
+PATTERN_TYPE_CHOICES = tuple(ESTIMATORS) + tuple(f"linear+{name}" for name in ESTIMATORS
+                                                 if name != "linear")
 
 #: Every analyzer's name; the ones that need a pattern file; the paper's ten.
 METHODS, PATTERN_METHODS = _AnalyzerNames(), _AnalyzerNames("needs_patterns")
@@ -181,12 +186,10 @@ def _add_fit(commands: Any) -> None:
     fit.add_argument("--model", required=True, help=MODEL_HELP)
     fit.add_argument("--data", required=True, help="a .npy/.npz file or a folder of images")
     fit.add_argument("--out", required=True, help="the pattern file to write (.h5)")
-    fit.add_argument("--pattern-type", default="relu",
-                     choices=("relu", "relu_eq7", "linear", "linear+relu"),
-                     help="the signal estimator: 'relu' (two-component S_a+- with "
-                     "within-regime statistics, shift-invariant), 'relu_eq7' (the paper's Eq. 7 "
-                     "with the global mean of y), 'linear' (S_a) or linear and relu "
-                     "(default relu)")
+    fit.add_argument("--pattern-type", default=DEFAULT_ESTIMATOR, choices=PATTERN_TYPE_CHOICES,
+                     help="the signal estimator: "
+                     + ", ".join(f"'{e.name}' ({e.summary})" for e in ESTIMATORS.values())
+                     + "; 'linear+NAME' fits both in one pass")
     fit.add_argument("--batch-size", type=positive, default=32, help="default 32")
     fit.add_argument("--steps", type=positive, help="stop after this many batches")
     fit.add_argument("--strategy", default="default", choices=STRATEGIES,
@@ -261,12 +264,13 @@ def _run_fit(args: argparse.Namespace) -> None:
 
     data, batch_size, sample_shape = _fit_data(args, model, options)
     model = with_input_shape(model, sample_shape)
-    pattern_type = ("linear", "relu") if args.pattern_type == "linear+relu" else args.pattern_type
+    parts = tuple(args.pattern_type.split("+"))  # "linear+relu": both
+    pattern_type = parts if len(parts) > 1 else parts[0]
     computer = PatternComputer(model, pattern_type=pattern_type, strategy=strategy)
     if args.resume:
         computer.load_state(*args.resume)
         print(f"Resuming from {computer.samples_seen} samples in {', '.join(args.resume)}.")
-    resumed, partial = computer.samples_seen, _partial_path(args.out)
+    resumed, partial = computer.samples_seen, partial_path(args.out)
     checkpoint = partial if args.checkpoint_every else None
     try:
         patterns = computer.compute(data, batch_size=batch_size, steps=args.steps, verbose=1,
@@ -274,11 +278,11 @@ def _run_fit(args: argparse.Namespace) -> None:
                                     checkpoint=checkpoint,
                                     checkpoint_every=args.checkpoint_every or 100)
     except KeyboardInterrupt:
-        _save_partial(computer, partial, resumed, args.skip, bool(checkpoint))
+        save_partial(computer, partial, resumed, args.skip, bool(checkpoint))
     except Exception as err:
-        if not _is_lost_peer(err):
+        if not is_lost_peer(err):
             raise
-        raise UserError(_lost_peer_message(err, partial)) from None
+        raise UserError(lost_peer_message(err, partial)) from None
     if _is_chief(strategy):
         patterns.save(args.out)
         print(f"Saved {'+'.join(patterns.types)} patterns of {len(patterns)} layers "
@@ -286,26 +290,6 @@ def _run_fit(args: argparse.Namespace) -> None:
     if checkpoint:  # everything is in --out now
         with contextlib.suppress(FileNotFoundError):
             os.remove(checkpoint)
-
-
-def _partial_path(out: str) -> str:
-    """Where an interrupted (or checkpointed) fit keeps its statistics: OUT.partial.h5."""
-    return os.path.splitext(out)[0] + ".partial.h5"
-
-
-def _save_partial(computer: Any, partial: str, resumed: int, skipped: int,
-                  checkpointed: bool) -> NoReturn:
-    """Saves the statistics of an interrupted fit and says how to continue it."""
-    seen = computer.samples_seen - resumed
-    if computer.samples_seen == 0:
-        raise KeyboardInterrupt
-    if checkpointed:  # compute saved them when interrupted
-        raise UserError(f"Interrupted after {computer.samples_seen} samples; their statistics "
-                        f"are in '{partial}'. Continue with the same command: it resumes from "
-                        "there and skips the samples already seen.")
-    computer.save_state(partial)
-    raise UserError(f"Interrupted after {computer.samples_seen} samples; their statistics are in "
-                    f"'{partial}'. Continue with: --resume {partial} --skip {skipped + seen}")
 
 
 def _fit_data(args: argparse.Namespace, model: Any,
@@ -326,30 +310,6 @@ def _fit_data(args: argparse.Namespace, model: Any,
     if x.nbytes <= 2**30:
         return options.apply(x), args.batch_size, x.shape[1:]
     return batches(x, args.batch_size, options), None, x.shape[1:]  # read batch by batch
-
-
-def _is_lost_peer(err: BaseException) -> bool:
-    """Whether ``err`` is TensorFlow's report of a worker (or device) that stopped answering."""
-    import tensorflow as tf
-
-    return isinstance(err, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError))
-
-
-def _lost_peer_message(err: BaseException, partial: str) -> str:
-    """Which worker was lost, where the statistics are, and the command that continues."""
-    from innv_pattern.patterns import Patterns
-
-    task = re.search(r"/job:(\w+)/replica:\d+/task:(\d+)", str(err))
-    who = f"{task.group(1)} {task.group(2)}" if task else "a worker"
-    saved = 0
-    with contextlib.suppress(Exception):
-        saved = Patterns.load(partial).samples_seen
-    where = (f"the statistics of {saved} samples are in '{partial}': continue on one machine "
-             "with the same command and --strategy default (it resumes from there)" if saved
-             else "no statistics were kept (--checkpoint-every N keeps them); start again")
-    return (f"The multi-worker fit lost {who} (it stopped answering: "
-            f"{type(err).__name__}); {where}, or restart the lost worker and run the same "
-            "command on every worker.")
 
 
 def _is_chief(strategy: Any) -> bool:

@@ -48,8 +48,11 @@ def _evaluate_rho(model: Any, patterns: Any, x: np.ndarray,
     """rho per layer: the read-out fitted on the first half of ``x``, measured on the second."""
     from innv_pattern.evaluate import plot_signal_quality, signal_quality
 
-    estimators = ["random", "filter"] + ["linear"] * patterns.has_type("linear") + \
-        ["two_component"] * patterns.has_type("relu")
+    from innv_pattern.evaluate.quality import BASELINES, ESTIMATORS
+    from innv_pattern.patterns.estimators import ESTIMATORS as FITTED
+
+    families = {e.family for e in FITTED.values() if patterns.has_type(e.name)}
+    estimators = [e for e in ESTIMATORS if e in BASELINES or e in families]
     print(f"Signal-estimator quality rho per layer ({', '.join(estimators)}) on {len(x)} samples "
           "(use data the patterns were not fitted on)...")
     half = len(x) // 2

@@ -1,4 +1,5 @@
-"""Pattern files on the command line: loading with clear messages, and a scale check.
+"""Pattern files on the command line: loading with clear messages, a scale check, and
+where an interrupted fit keeps its statistics (and what to say when a worker is lost).
 
 Example:
     >>> _scale_note(117.0, 0.42, "conv")[:38]
@@ -7,14 +8,20 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import warnings
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
 from innv_pattern.cli_io import UserError, check_exists
 
-__all__ = ["check_input_scale", "load_patterns"]
+__all__ = [
+    "check_input_scale", "is_lost_peer", "load_patterns", "lost_peer_message", "partial_path",
+    "save_partial",
+]
 
 #: How much larger (or smaller) the inputs' mean may be than the fitting data's before a note.
 SCALE_RATIO = 20.0
@@ -72,3 +79,47 @@ def _scale_note(seen: float, fitted: float, layer: str) -> str:
     return (f"inputs average {seen:.3g} at layer '{layer}', but the data the patterns were "
             f"fitted on averaged {fitted:.3g} there: the inputs look {factor:.0f}x {word} than "
             f"the fit's (e.g. {example}; see also --offset and --preprocess).")
+
+
+def partial_path(out: str) -> str:
+    """Where an interrupted (or checkpointed) fit keeps its statistics: OUT.partial.h5."""
+    return os.path.splitext(out)[0] + ".partial.h5"
+
+
+def save_partial(computer: Any, partial: str, resumed: int, skipped: int,
+                  checkpointed: bool) -> NoReturn:
+    """Saves the statistics of an interrupted fit and says how to continue it."""
+    seen = computer.samples_seen - resumed
+    if computer.samples_seen == 0:
+        raise KeyboardInterrupt
+    if checkpointed:  # compute saved them when interrupted
+        raise UserError(f"Interrupted after {computer.samples_seen} samples; their statistics "
+                        f"are in '{partial}'. Continue with the same command: it resumes from "
+                        "there and skips the samples already seen.")
+    computer.save_state(partial)
+    raise UserError(f"Interrupted after {computer.samples_seen} samples; their statistics are in "
+                    f"'{partial}'. Continue with: --resume {partial} --skip {skipped + seen}")
+
+
+def is_lost_peer(err: BaseException) -> bool:
+    """Whether ``err`` is TensorFlow's report of a worker (or device) that stopped answering."""
+    import tensorflow as tf
+
+    return isinstance(err, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError))
+
+
+def lost_peer_message(err: BaseException, partial: str) -> str:
+    """Which worker was lost, where the statistics are, and the command that continues."""
+    from innv_pattern.patterns import Patterns
+
+    task = re.search(r"/job:(\w+)/replica:\d+/task:(\d+)", str(err))
+    who = f"{task.group(1)} {task.group(2)}" if task else "a worker"
+    saved = 0
+    with contextlib.suppress(Exception):
+        saved = Patterns.load(partial).samples_seen
+    where = (f"the statistics of {saved} samples are in '{partial}': continue on one machine "
+             "with the same command and --strategy default (it resumes from there)" if saved
+             else "no statistics were kept (--checkpoint-every N keeps them); start again")
+    return (f"The multi-worker fit lost {who} (it stopped answering: "
+            f"{type(err).__name__}); {where}, or restart the lost worker and run the same "
+            "command on every worker.")

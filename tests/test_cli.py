@@ -420,10 +420,10 @@ def test_demo_quick_writes_figures_and_report(tmp_path, capsys, monkeypatch):
 
 def test_partial_file_sits_next_to_out_with_or_without_an_extension():
     """An --out without an extension once gave the partial file the name '.partial.h5'."""
-    from innv_pattern.cli import _partial_path
+    from innv_pattern.cli_patterns import partial_path
 
-    assert _partial_path("runs/vgg.patterns.h5") == "runs/vgg.patterns.partial.h5"
-    assert _partial_path("runs/vgg") == "runs/vgg.partial.h5"
+    assert partial_path("runs/vgg.patterns.h5") == "runs/vgg.patterns.partial.h5"
+    assert partial_path("runs/vgg") == "runs/vgg.partial.h5"
 
 
 def test_a_lost_worker_is_named_with_where_the_statistics_are(files, tmp_path, capsys,

@@ -338,3 +338,36 @@ def test_a_covariance_too_large_is_refused_before_any_work():
     with pytest.raises(ValueError, match=r"'narrow' .*Leave it out with layers=\['wide'\] "
                        r"\(on the command line: --layers wide\), or raise max_memory"):
         signal_quality(two, y, y, y, estimators=("filter",), max_memory=2**26)
+
+
+def test_each_declared_two_component_estimator_plugs_into_rho():
+    """rho of every estimator in the declaration (patterns.estimators.ESTIMATORS).
+
+    The two-regime data shifted by a constant ``s`` (with ``w^T s = 0``, so the
+    output is unchanged; a BatchNorm-style offset): the within-regime estimator
+    'relu' is shift-invariant and recovers the true patterns (rho = 1, as
+    unshifted), while Eq. 7's numerator ``cov+[x, y] + E+[x] (E+[y] - E[y])``
+    picks up ``s`` and loses rho.  'two_component' is the family: with patterns
+    of both it reads the default ('relu'), with 'relu_eq7' patterns alone it reads
+    those (the command line's evaluate once skipped S_a+- for such a file).
+    """
+    x, w = _two_regime_data(30000, seed=3)
+    shift = np.array([4.0, 4.0, 0.0], "float32")            # w^T shift = 0
+    x = x + shift
+    inp = keras.Input((3,))
+    hidden = keras.layers.Dense(1, activation="relu", use_bias=False, name="h")(inp)
+    model = keras.Model(inp, keras.layers.Dense(1, name="out")(hidden))
+    model.get_layer("h").set_weights([w[:, None].astype("float32")])
+    f, r, e = x[:10000], x[10000:20000], x[20000:]
+    both = PatternComputer(model, ("relu", "relu_eq7")).compute(f, verbose=0)
+    kw = dict(layers=["h"], estimators=("relu", "relu_eq7", "two_component"))
+    rho = signal_quality(model, None, r, e, patterns=both, **kw)
+    assert rho["relu"]["h"] == pytest.approx(1.0, abs=0.02)
+    assert rho["relu_eq7"]["h"] < rho["relu"]["h"] - 0.05
+    assert rho["two_component"]["h"] == rho["relu"]["h"]
+    eq7_only = PatternComputer(model, "relu_eq7").compute(f, verbose=0)
+    rho_eq7 = signal_quality(model, None, r, e, patterns=eq7_only, layers=["h"],
+                             estimators=("two_component",))
+    assert rho_eq7["two_component"]["h"] == pytest.approx(rho["relu_eq7"]["h"], abs=1e-6)
+    with pytest.raises(ValueError, match="relu_eq7"):
+        signal_quality(model, None, r, e, patterns=eq7_only, layers=["h"], estimators=("relu",))

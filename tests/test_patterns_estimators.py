@@ -265,3 +265,16 @@ def test_large_kernels_finalize_a_slice_of_neurons_at_a_time(shape, axes, x_shap
     for kind in types:
         np.testing.assert_allclose(sliced[kind], whole[kind], rtol=1e-12,
                                    atol=1e-12 * np.abs(whole[kind]).max())
+
+
+def test_readme_estimator_section_runs_as_written(capsys):
+    """The README's "Adding a signal estimator" block prints what its comment says."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Adding a signal estimator", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(compile(code, "README.md", "exec"), {})
+    expected = re.search(r"^# (\{.*\})$", code, re.M).group(1)
+    assert capsys.readouterr().out.strip() == expected

@@ -98,9 +98,10 @@ def analyze_all(model: Any, x: np.ndarray, analyzer_names: Sequence[str],
 def pattern_options(patterns: Any, pattern_type: str | None = None) -> dict[str, Any]:
     """The ``patterns`` (and ``pattern_type``) options of a pattern analyzer for ``patterns``.
 
-    Of an ``ip.Patterns`` holding several types, the first of ``relu``,
-    ``relu_eq7`` and ``linear`` is chosen unless ``pattern_type`` says which
-    (the analyzer then picks it); a plain mapping is passed as it is.
+    Of an ``ip.Patterns`` holding several types, the first estimator of
+    :data:`~innv_pattern.patterns.estimators.ESTIMATORS` it holds is chosen
+    unless ``pattern_type`` says which (the analyzer then picks it); a plain
+    mapping is passed as it is.
 
     Example:
         >>> pattern_options({"dense": np.ones((2, 1))})["patterns"]["dense"].shape
@@ -108,10 +109,12 @@ def pattern_options(patterns: Any, pattern_type: str | None = None) -> dict[str,
     """
     if pattern_type is not None or not hasattr(patterns, "has_type"):
         return {"patterns": patterns}
-    kind = next((t for t in ("relu", "relu_eq7", "linear") if patterns.has_type(t)), None)
-    if kind is None:
+    from innv_pattern.patterns.estimators import ESTIMATORS
+
+    estimator = next((name for name in ESTIMATORS if patterns.has_type(name)), None)
+    if estimator is None:
         return {"patterns": patterns}
-    return {"patterns": patterns.for_type(kind), "pattern_type": kind}
+    return {"patterns": patterns.for_type(estimator), "pattern_type": estimator}
 
 
 def smoothgrad_noise(x: np.ndarray, fraction: float = 0.15) -> dict[str, dict[str, float]]:

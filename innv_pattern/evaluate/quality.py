@@ -12,6 +12,11 @@ linear trace of the output.  The estimators compared, as in Fig. 3:
 * ``"two_component"``: ``S_a+-(x) = a+ y`` where the neuron is active, else
   ``a- y`` (Eqs. 4-7).
 
+``"linear"`` and ``"two_component"`` are the families of the estimators
+declared in :data:`~innv_pattern.patterns.estimators.ESTIMATORS`: each stands
+for the family's estimator whose patterns are given (the default one when
+fitting), and an estimator's own name (``"relu_eq7"``) picks it.
+
 All four are ``d = x - a+ y+ - a- y-`` (``y+ = y`` in the active regime, else
 0; ``y- = y - y+``), linear in ``z = (x, y+, y-)``, and so is the target ``t``.
 Hence the least-squares ``v`` and the correlation are closed forms of second
@@ -83,10 +88,15 @@ from innv_pattern.canonize import CanonicalGraph, canonize
 from innv_pattern.evaluate._common import iter_batches
 from innv_pattern.evaluate._layers import EvaluatedLayer, memory_estimate, select_layers
 from innv_pattern.evaluate.moments import CoMoments, batch_comoments
+from innv_pattern.patterns.estimators import ESTIMATORS as PATTERN_ESTIMATORS
+from innv_pattern.patterns.estimators import Estimator, estimators_of_family
 
 __all__ = ["ESTIMATORS", "signal_quality"]
 
-ESTIMATORS = ("random", "filter", "linear", "two_component")
+#: Estimators that need no patterns.
+BASELINES = ("random", "filter")
+#: The paper's Fig. 3: the baselines and both families of fitted estimators.
+ESTIMATORS = BASELINES + ("linear", "two_component")
 TARGETS = ("rectified", "linear")
 #: A layer's mean rho above this (for S_a or S_a+-) raises a warning: estimation noise stays below.
 RHO_WARNING = 1.02
@@ -222,32 +232,52 @@ def _projections(flat: tf.Tensor, extras: tf.Tensor, v: tf.Tensor, av: tf.Tensor
     return flat[:, :0], tf.transpose(stacked, [0, 2, 1])
 
 
-def _pattern_matrix(patterns: Any, kind: str, layer: EvaluatedLayer) -> np.ndarray:
-    """The ``(D, neurons)`` patterns of ``kind`` for ``layer``."""
-    by_layer = patterns.for_type(kind) if hasattr(patterns, "for_type") else patterns.get(kind)
+def _pattern_matrix(patterns: Any, concrete: str, layer: EvaluatedLayer) -> np.ndarray:
+    """The ``(D, neurons)`` patterns of ``concrete`` for ``layer``."""
+    by_layer = patterns.for_type(concrete) if hasattr(patterns, "for_type") else patterns.get(concrete)
     key = layer.op.pattern_key if by_layer and layer.op.pattern_key in by_layer else layer.op.name
     if by_layer is None or key not in by_layer:
-        raise ValueError(f"No '{kind}' pattern for layer '{key}' in the patterns given; "
-                         f"expected types 'linear', 'relu.positive' and 'relu.negative'.")
+        held = sorted(patterns.types if hasattr(patterns, "types") else patterns or ())
+        raise ValueError(f"No '{concrete}' pattern for layer '{key}' in the patterns given (types "
+                         f"{held}); fit patterns of that estimator, or leave it out of "
+                         "estimators.")
     return np.asarray(layer.columns(np.asarray(by_layer[key], np.float64)))
 
 
-def _estimator_patterns(kind: str, w: np.ndarray, layer: EvaluatedLayer, patterns: Any,
+def _estimator_patterns(name: str, w: np.ndarray, layer: EvaluatedLayer, patterns: Any,
                         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """``(a+, a-)`` of estimator ``kind`` (``w^T a = 1`` for the baselines)."""
-    if kind == "random":
+    """``(a+, a-)`` of estimator ``name`` (``w^T a = 1`` for the baselines)."""
+    if name == "random":
         a = _normalized(rng.normal(size=w.shape), w)
         return a, a
-    if kind == "filter":
+    if name == "filter":
         a = _normalized(w, w)
         return a, a
-    if kind == "linear":
-        a = _normalized(_pattern_matrix(patterns, "linear", layer), w)
+    estimator = _fitted_estimator(name, patterns)
+    if not estimator.regimes:
+        a = _normalized(_pattern_matrix(patterns, estimator.pattern(), layer), w)
         return a, a
-    positive = _normalized(_pattern_matrix(patterns, "relu.positive", layer), w)
+    positive = _normalized(_pattern_matrix(patterns, estimator.pattern("positive"), layer), w)
     if not layer.gated:  # no rectifier after the layer: one regime, every sample
         return positive, positive
-    return positive, _normalized(_pattern_matrix(patterns, "relu.negative", layer), w)
+    return positive, _normalized(_pattern_matrix(patterns, estimator.pattern("negative"), layer),
+                                 w)
+
+
+def _fitted_estimator(name: str, patterns: Any = None) -> Estimator:
+    """The estimator ``name`` names: itself, or its family's first whose patterns are given
+    (the family's default one where none is, or when fitting)."""
+    if name in PATTERN_ESTIMATORS:
+        return PATTERN_ESTIMATORS[name]
+    family = estimators_of_family(name)
+    return next((e for e in family if patterns is not None and _holds(patterns, e)), family[0])
+
+
+def _holds(patterns: Any, estimator: Estimator) -> bool:
+    """Whether ``patterns`` (``ip.Patterns`` or ``{type: {layer: array}}``) has its types."""
+    if hasattr(patterns, "has_type"):
+        return patterns.has_type(estimator.name)
+    return all(t in patterns for t in estimator.patterns)
 
 
 def _normalized(a: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -265,8 +295,8 @@ def _fit_patterns(model: keras.Model, fit_data: Any, estimators: Sequence[str],
                   batch_size: int) -> Any:
     from innv_pattern.patterns import PatternComputer
 
-    types = tuple(t for e, t in (("linear", "linear"), ("two_component", "relu"))
-                  if e in estimators)
+    types = tuple(dict.fromkeys(_fitted_estimator(e).name for e in estimators
+                                if e not in BASELINES))
     if fit_data is None:
         raise ValueError("signal_quality needs fit_data to fit the 'linear' and "
                          "'two_component' estimators, or patterns=...")
@@ -295,7 +325,8 @@ def signal_quality(model: keras.Model, fit_data: Any, regression_data: Any, eval
         regression_data: Data to fit ``v``.
         eval_data: Data to measure the correlation on.
         estimators: Any of ``"random"``, ``"filter"``, ``"linear"``,
-            ``"two_component"``.
+            ``"two_component"``, or an estimator's name (``"relu"``,
+            ``"relu_eq7"``).
         target: ``"rectified"`` (``relu(w^T x + b)`` where a ReLU follows, the
             reading that reproduces the paper) or ``"linear"`` (``w^T x``).
         per_neuron: Return each evaluated neuron's rho instead of the mean.
@@ -331,7 +362,7 @@ def signal_quality(model: keras.Model, fit_data: Any, regression_data: Any, eval
                          f"has {len(graph.inputs)}.")
     chosen = select_layers(graph, layers, max_neurons, target, seed)
     _check_memory(chosen, len(estimators), max_memory)
-    fitted = patterns is None and bool({"linear", "two_component"} & set(estimators))
+    fitted = patterns is None and any(e not in BASELINES for e in estimators)
     _warn_if_shared(eval_data, {"fit_data": fit_data if fitted else None,
                                 "regression_data": regression_data})
     if fitted:
@@ -355,9 +386,10 @@ def signal_quality(model: keras.Model, fit_data: Any, regression_data: Any, eval
 
 def _check_arguments(estimators: Sequence[str], target: str, max_neurons: int | None,
                      max_positions: int | None, ridge: float) -> None:
-    unknown = [e for e in estimators if e not in ESTIMATORS]
+    known = ESTIMATORS + tuple(PATTERN_ESTIMATORS)
+    unknown = [e for e in estimators if e not in known]
     if unknown or target not in TARGETS or not estimators:
-        raise ValueError(f"estimators must be a non-empty subset of {ESTIMATORS} and target one "
+        raise ValueError(f"estimators must be a non-empty subset of {known} and target one "
                          f"of {TARGETS}; received estimators={estimators!r}, target={target!r}.")
     if any(v is not None and int(v) < 1 for v in (max_neurons, max_positions)) or ridge <= 0:
         raise ValueError(f"max_neurons and max_positions must be None or >= 1 and ridge > 0; "
@@ -382,8 +414,8 @@ def _warn_if_shared(eval_data: Any, others: Mapping[str, Any]) -> None:
 
 def _warn_if_above_one(rho: Mapping[str, Mapping[str, Any]]) -> None:
     """Warns about layers whose mean rho of S_a or S_a+- exceeds :data:`RHO_WARNING`."""
-    high = [f"{kind} '{layer}' {float(np.nanmean(value)):.2f}"
-            for kind in ("linear", "two_component") for layer, value in rho.get(kind, {}).items()
+    high = [f"{name} '{layer}' {float(np.nanmean(value)):.2f}"
+            for name in rho if name not in BASELINES for layer, value in rho[name].items()
             if np.nanmean(value) > RHO_WARNING]
     if high:
         warnings.warn(f"rho above 1 ({', '.join(high)}): the read-out correlates negatively "
@@ -417,8 +449,8 @@ def _collect(chosen: list[EvaluatedLayer], estimators: Sequence[str],
     rho: dict[str, dict[str, Any]] = {e: {} for e in estimators}
     for name, parts in values.items():
         joined = np.concatenate(parts)
-        for i, kind in enumerate(estimators):
-            rho[kind][name] = joined[:, i] if per_neuron else float(np.nanmean(joined[:, i]))
+        for i, name in enumerate(estimators):
+            rho[name][name] = joined[:, i] if per_neuron else float(np.nanmean(joined[:, i]))
     return rho, info
 
 
@@ -455,7 +487,7 @@ def _layer_readouts(layer: EvaluatedLayer, estimators: Sequence[str], patterns: 
     """``(v (D, E N), a^T v (E, N, 2), target (N, 3))`` of one layer for the evaluation pass."""
     w = layer.kernel_matrix().numpy().astype(np.float64)
     target = layer.target()
-    chosen = {kind: _estimator_patterns(kind, w, layer, patterns, rng) for kind in estimators}
+    chosen = {name: _estimator_patterns(name, w, layer, patterns, rng) for name in estimators}
     vs = _readouts(cov, chosen, target, ridge)
     av = np.stack([np.stack([np.sum(a_pos * vs[k], 0), np.sum(a_neg * vs[k], 0)], -1)
                    for k, (a_pos, a_neg) in chosen.items()])

@@ -17,18 +17,29 @@ Example:
     (2, 1)
 """
 
-from innv_pattern.patterns.computer import PatternComputer
-from innv_pattern.patterns.estimators import PATTERN_TYPES, PatternStatistics, expand_pattern_type
-from innv_pattern.patterns.fingerprint import Fingerprint
-from innv_pattern.patterns.io import FORMAT_VERSION, PatternFileError, Patterns
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "FORMAT_VERSION",
-    "Fingerprint",
-    "PATTERN_TYPES",
-    "PatternComputer",
-    "PatternFileError",
-    "PatternStatistics",
-    "Patterns",
-    "expand_pattern_type",
-]
+#: Each export and the module that declares it, imported when first used: the
+#: estimators (numpy only) never wait for TensorFlow.
+_EXPORTS = {
+    "PatternComputer": "computer",
+    "ESTIMATORS": "estimators", "Estimator": "estimators", "PATTERN_TYPES": "estimators",
+    "PatternStatistics": "estimators", "expand_pattern_type": "estimators",
+    "Fingerprint": "fingerprint",
+    "FORMAT_VERSION": "io", "PatternFileError": "io", "Patterns": "io",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(import_module(f"innv_pattern.patterns.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'innv_pattern.patterns' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -29,9 +29,9 @@ from innv_pattern.canonize import (ActivationOp, CanonicalGraph, Interleave, Ker
                                    Op, canonize)
 from innv_pattern.patterns.batches import generator_dataset, samples_in_batch, skipped_batches
 from innv_pattern.patterns.estimators import (POSITIVE, PatternStatistics, expand_pattern_type,
-                                             regimes_of)
+                                             parse_pattern, regimes_of)
 from innv_pattern.patterns.io import Fingerprint, Patterns
-from innv_pattern.patterns.fitter import Fitter
+from innv_pattern.patterns.fitter import FitPlan, Fitter
 from innv_pattern.progress import Progress
 
 __all__ = ["FEW_SAMPLES", "PatternComputer", "regime_sources"]
@@ -83,22 +83,30 @@ class PatternComputer:
         self.shrinkage = float(shrinkage)
         self.pattern_type = pattern_type
         self.types = expand_pattern_type(pattern_type)
-        self.strategy = strategy or tf.distribute.get_strategy()
-        self._graph = canonize(model, merge_kernels=True)
-        self._ops: list[KernelOp] = self._graph.kernel_ops
-        if not self._ops:
+        graph = canonize(model, merge_kernels=True)
+        if not graph.kernel_ops:
             raise ValueError(f"Model '{model.name}' has no kernel layer (Dense or convolution); "
                              "there is nothing to fit patterns for.")
+        _check_static_shapes(graph.kernel_ops, graph)
+        #: The frozen plan of the fit (graph, kernel ops, regimes, strategy) the fitter runs.
+        self.plan = FitPlan(graph, tuple(graph.kernel_ops), regimes_of(self.types),
+                            regime_sources(graph), strategy or tf.distribute.get_strategy(),
+                            model.name)
         self._keys: dict[str, KernelOp] = {}  # pattern key -> first call of the layer
-        for op in self._ops:
+        for op in self.plan.ops:
             self._keys.setdefault(op.pattern_key, op)  # a shared layer's calls share one
-        _check_static_shapes(self._ops, self._graph)
-        self._regimes = regimes_of(self.types)
-        self._positive_only = self._regimes == POSITIVE
-        self._regime_sources = regime_sources(self._graph)
         self._state: dict[str, PatternStatistics] = {}
         self._samples = 0
         self._fitter: Fitter | None = None
+
+    @property
+    def strategy(self) -> tf.distribute.Strategy:
+        """The ``tf.distribute.Strategy`` the fit runs under."""
+        return self.plan.strategy
+
+    @property
+    def _positive_only(self) -> bool:
+        return self.plan.regimes == POSITIVE
 
     @property
     def samples_seen(self) -> int:
@@ -234,7 +242,7 @@ class PatternComputer:
         found = {}
         for key, op in self._keys.items():
             stats = self._state.get(key)
-            if stats is None or not stats.regimes or self._regime_sources[op.name] is None:
+            if stats is None or not stats.regimes or self.plan.regime_sources[op.name] is None:
                 found[key] = 0
                 continue
             pos = np.asarray(stats.sums["count_pos"])
@@ -267,7 +275,7 @@ class PatternComputer:
         (a flush empties them) and saves the state.  The state is saved, too,
         when the pass ends or is interrupted with batches not yet saved.
         """
-        self._fitter = self._fitter or Fitter(self)
+        self._fitter = self._fitter or Fitter(self.plan)
         acc = self._fitter.accumulators()
         start, seen, done, pending, unsaved = time.perf_counter(), 0, 0, 0, False
         try:
@@ -314,12 +322,12 @@ class PatternComputer:
         for key, op in self._keys.items():
             found, degenerate[key] = self._state[key].finalize(
                 op.get_kernel().numpy(), self.types, np.float32, self.shrinkage)
-            if self._regime_sources[op.name] is None:  # one regime, every sample: no negative one
+            if self.plan.regime_sources[op.name] is None:  # one regime: no negative pattern
                 degenerate[key] = {t: n for t, n in degenerate[key].items()
-                                   if not t.endswith(".negative")}
-            for kind, pattern in found.items():
-                by_type[kind][key] = pattern
-        return Patterns(by_type, self.pattern_type, Fingerprint.of(self.model, self._graph),
+                                   if parse_pattern(t)[1] != "negative"}
+            for concrete, pattern in found.items():
+                by_type[concrete][key] = pattern
+        return Patterns(by_type, self.pattern_type, Fingerprint.of(self.model, self.plan.graph),
                         samples_seen=self._samples, degenerate=degenerate,
                         statistics=None if self._positive_only else dict(self._state))
 
@@ -347,7 +355,7 @@ class PatternComputer:
         for source in sources:
             loaded = source if isinstance(source, Patterns) else Patterns.load(
                 source, model=self.model)
-            loaded.check_model(self.model, graph=self._graph)
+            loaded.check_model(self.model, graph=self.plan.graph)
             for name, stats in self._checked_statistics(loaded).items():
                 state[name] = state[name].merge(stats) if name in state else stats
             samples += loaded.samples_seen
@@ -359,7 +367,7 @@ class PatternComputer:
                              "so they cannot be resumed or merged. Fit again.")
         for key, op in self._keys.items():
             stats, layout = loaded.statistics[key], op.layout
-            expected = (layout.kernel_shape, layout.neuron_axes, self._regimes, layout.x_shape)
+            expected = (layout.kernel_shape, layout.neuron_axes, self.plan.regimes, layout.x_shape)
             received = (stats.kernel_shape, stats.neuron_axes, stats.regimes, stats.x_shape)
             if received != expected:
                 raise ValueError(
@@ -484,7 +492,7 @@ def _progress(data: Any, samples: int | None, steps: int | None, skip: int) -> P
 
 
 def _degenerate_summary(patterns: Patterns) -> str:
-    lines = [f"  '{name}': " + ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
+    lines = [f"  '{name}': " + ", ".join(f"{n} {concrete}" for concrete, n in counts.items() if n)
              for name, counts in patterns.degenerate.items() if any(counts.values())]
     if not lines:
         return f"Patterns fitted on {patterns.samples_seen} samples; no degenerate neuron."

@@ -50,27 +50,86 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 __all__ = [
+    "DEFAULT_ESTIMATOR",
     "DEGENERATE_RTOL",
+    "ESTIMATORS",
+    "Estimator",
     "PATTERN_TYPES",
     "POSITIVE",
     "PatternStatistics",
+    "estimators_of_family",
     "expand_pattern_type",
+    "parse_pattern",
     "regimes_of",
     "state_shapes",
 ]
 
-#: Pattern-type names accepted by the computer, and the patterns each yields.
+#: The regimes of a two-component estimator: a ReLU's active and inactive sides.
+REGIMES = ("positive", "negative")
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimator:
+    """One signal estimator: its name, the patterns it fits, and how they finish.
+
+    The one declaration every part reads (the computer, the fitter's sums,
+    pattern files, evaluation and the command line): an estimator is added
+    here, with its numerator in :meth:`PatternStatistics._numerator`.
+
+    Attributes:
+        name: The ``pattern_type`` users pass (``"relu"``).
+        family: The paper's estimator it is: ``"linear"`` (``S_a``, Eq. 3) or
+            ``"two_component"`` (``S_a+-``, Eqs. 4-7); the names
+            :func:`~innv_pattern.evaluate.signal_quality` compares.
+        regimes: The regimes with a pattern each (``()``: one pattern over all
+            samples, named ``name``); they need the positive-regime sums.
+        within_regime_mean: The numerator's mean of ``y`` is taken within the
+            regime (``cov_r[x, y]``), not over all samples (Eq. 7).
+        summary: One line for help texts and messages.
+
+    Example:
+        >>> ESTIMATORS["relu"].patterns, ESTIMATORS["linear"].patterns
+        (('relu.positive', 'relu.negative'), ('linear',))
+    """
+
+    name: str
+    family: str
+    regimes: tuple[str, ...]
+    within_regime_mean: bool
+    summary: str
+
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        """The concrete pattern types it fits, the primary one first."""
+        return tuple(self.pattern(r) for r in self.regimes) or (self.name,)
+
+    def pattern(self, regime: str | None = None) -> str:
+        """The pattern type of ``regime`` (``None``: the estimator's only pattern)."""
+        return self.name if regime is None else f"{self.name}.{regime}"
+
+
+#: Every estimator by name; the first is the default.
+ESTIMATORS: dict[str, Estimator] = {e.name: e for e in (
+    Estimator("relu", "two_component", REGIMES, True,
+              "two-component S_a+- with within-regime statistics (iNNvestigate 1.x; "
+              "shift-invariant, the default)"),
+    Estimator("relu_eq7", "two_component", REGIMES, False,
+              "two-component S_a+- as Eq. 7 prints it, with the mean of y over all samples"),
+    Estimator("linear", "linear", (), False, "the linear estimator S_a (Eq. 3)"),
+)}
+DEFAULT_ESTIMATOR = next(iter(ESTIMATORS))
+#: Pattern-type names accepted by the computer, and the patterns each yields: every
+#: estimator, and each two-component estimator's positive pattern alone (low memory).
 PATTERN_TYPES: dict[str, tuple[str, ...]] = {
-    "linear": ("linear",),
-    "relu": ("relu.positive", "relu.negative"),
-    "relu_eq7": ("relu_eq7.positive", "relu_eq7.negative"),
-    "relu.positive": ("relu.positive",),
-    "relu_eq7.positive": ("relu_eq7.positive",),
+    **{e.name: e.patterns for e in ESTIMATORS.values()},
+    **{e.pattern("positive"): (e.pattern("positive"),) for e in ESTIMATORS.values()
+       if e.regimes},
 }
 #: ``regimes`` value of statistics that keep the positive regime only (no ``sum_xy``).
 POSITIVE = "positive"
@@ -79,6 +138,31 @@ DEGENERATE_RTOL = 1e-6
 #: Kernels larger than this (weights) are finalized a slice of neurons at a time.
 FINALIZE_CHUNK = 1 << 20
 
+
+def parse_pattern(pattern: str) -> tuple[Estimator, str | None]:
+    """The estimator of a concrete pattern type and its regime (``None``: all samples).
+
+    Example:
+        >>> estimator, regime = parse_pattern("relu_eq7.negative")
+        >>> estimator.name, estimator.family, regime
+        ('relu_eq7', 'two_component', 'negative')
+    """
+    name, _, regime = str(pattern).partition(".")
+    estimator = ESTIMATORS.get(name)
+    if estimator is None or (regime or None) not in (estimator.regimes or (None,)):
+        known = [p for e in ESTIMATORS.values() for p in e.patterns]
+        raise ValueError(f"Unknown pattern type {pattern!r}; the concrete types are {known}.")
+    return estimator, regime or None
+
+
+def estimators_of_family(family: str) -> tuple[Estimator, ...]:
+    """The estimators of a family (``"linear"``, ``"two_component"``), the default first.
+
+    Example:
+        >>> [e.name for e in estimators_of_family("two_component")]
+        ['relu', 'relu_eq7']
+    """
+    return tuple(e for e in ESTIMATORS.values() if e.family == family)
 def expand_pattern_type(pattern_type: str | Iterable[str]) -> tuple[str, ...]:
     """The concrete pattern types of ``pattern_type``, the primary one first.
 
@@ -93,10 +177,10 @@ def expand_pattern_type(pattern_type: str | Iterable[str]) -> tuple[str, ...]:
     if not names or unknown:
         raise ValueError(
             f"Unknown pattern_type {pattern_type!r}. Accepted: one of "
-            f"{sorted(PATTERN_TYPES)} or a tuple of them, such as ('linear', 'relu'): 'relu' "
-            "is the two-component estimator with within-regime statistics (iNNvestigate "
-            "1.x), 'relu_eq7' the paper's Eq. 7 with the mean of y over all samples; "
-            "'relu.positive' fits only the pattern PatternNet uses, in two thirds of the memory.")
+            f"{sorted(PATTERN_TYPES)} or a tuple of them, such as ('linear', 'relu'): "
+            + "; ".join(f"'{e.name}' is {e.summary}" for e in ESTIMATORS.values())
+            + "; 'relu.positive' fits only the pattern PatternNet uses, in two thirds of the "
+            "memory.")
     types: list[str] = []
     for name in names:
         types.extend(t for t in PATTERN_TYPES[name] if t not in types)
@@ -114,10 +198,10 @@ def regimes_of(types: Iterable[str]) -> bool | str:
         >>> regimes_of(("relu.positive",)), regimes_of(("linear", "relu.positive"))
         ('positive', True)
     """
-    types = tuple(types)
-    if not any(t.startswith("relu") for t in types):
+    regimes = [parse_pattern(t)[1] for t in types]
+    if not any(regimes):
         return False
-    return POSITIVE if all(t.endswith(".positive") for t in types) else True
+    return POSITIVE if all(r == "positive" for r in regimes) else True
 
 
 class PatternStatistics:
@@ -268,15 +352,15 @@ class PatternStatistics:
         if last not in self.neuron_axes or size <= FINALIZE_CHUNK:
             return self._finalize(w, types, dtype, shrinkage)
         # Neurons in chunks along the last axis: float64 scratch of a chunk, not of the kernel.
-        patterns = {kind: np.empty(self.kernel_shape, dtype) for kind in types}
+        patterns = {concrete: np.empty(self.kernel_shape, dtype) for concrete in types}
         degenerate = dict.fromkeys(types, 0)
         step = max(1, FINALIZE_CHUNK * self.kernel_shape[last] // size)
         for start in range(0, self.kernel_shape[last], step):
             part = self._neurons(slice(start, start + step))
             found, bad = part._finalize(w[..., start:start + step], types, dtype, shrinkage)
-            for kind in types:
-                patterns[kind][..., start:start + step] = found[kind]
-                degenerate[kind] += bad[kind]
+            for concrete in types:
+                patterns[concrete][..., start:start + step] = found[concrete]
+                degenerate[concrete] += bad[concrete]
         return patterns, degenerate
 
     def _neurons(self, chunk: slice) -> "PatternStatistics":
@@ -295,42 +379,42 @@ class PatternStatistics:
                   shrinkage: float) -> tuple[dict[str, np.ndarray], dict[str, int]]:
         patterns, degenerate = {}, {}
         work = np.empty(self.kernel_shape)
-        for kind in types:
+        for concrete in types:
             numerator = np.empty(self.kernel_shape)
-            count = self._numerator(kind, numerator)
-            if shrinkage and kind != "linear" and self.sums["count"] > 0:
-                self._numerator("linear", work)
+            count = self._numerator(concrete, numerator)
+            if shrinkage and parse_pattern(concrete)[1] and self.sums["count"] > 0:
+                self._numerator(ESTIMATORS["linear"].pattern(), work)  # all-sample numerator
                 numerator += work * (shrinkage / self.sums["count"])
                 count = count + shrinkage
-            degenerate[kind] = _normalize(numerator, count, w, self.fan_in_axes, work)
-            patterns[kind] = numerator.astype(dtype, copy=False)
+            degenerate[concrete] = _normalize(numerator, count, w, self.fan_in_axes, work)
+            patterns[concrete] = numerator.astype(dtype, copy=False)
             del numerator
         return patterns, degenerate
 
-    def _numerator(self, kind: str, out: np.ndarray) -> np.ndarray:
+    def _numerator(self, concrete: str, out: np.ndarray) -> np.ndarray:
         """Writes ``n_r (E_r[x y] - E_r[x] E'[y])`` of regime r into ``out``; returns ``n_r``.
 
-        ``E'[y]`` is ``E_r[y]`` for ``relu.*``, ``E[y]`` for ``relu_eq7.*`` and
-        ``linear``.  Only ``out`` is kernel-sized: the negative regime's sums
-        (totals minus the positive ones) are formed in it.
+        ``E'[y]`` is ``E_r[y]`` for an estimator with ``within_regime_mean``
+        (``relu.*``), else ``E[y]`` (``relu_eq7.*``, ``linear``).  Only ``out``
+        is kernel-sized: the negative regime's sums (totals minus the positive
+        ones) are formed in it.
         """
         s, n = self.sums, self.sums["count"]
-        family, _, regime = kind.partition(".")
-        regimes = ("positive",) if self.regimes == POSITIVE else ("positive", "negative")
-        if (kind == "linear" and self.regimes == POSITIVE) or kind != "linear" and (
-                family not in ("relu", "relu_eq7") or not self.regimes or regime not in regimes):
-            accepted = ([] if self.regimes == POSITIVE else ["linear"]) + (
-                [f"{f}.{r}" for f in ("relu", "relu_eq7") for r in regimes]
-                if self.regimes else [])
-            raise ValueError(f"Cannot compute pattern type {kind!r} from these statistics; "
+        estimator, regime = parse_pattern(concrete)
+        held = {None} | set(REGIMES) if self.regimes is True else (
+            {"positive"} if self.regimes == POSITIVE else {None})
+        if regime not in held:
+            accepted = [p for e in ESTIMATORS.values() for p in e.patterns
+                        if parse_pattern(p)[1] in held]
+            raise ValueError(f"Cannot compute pattern type {concrete!r} from these statistics; "
                              f"accepted: {accepted}.")
-        count, sum_y = (n, s["sum_y"]) if kind == "linear" else (s["count_pos"], s["sum_y_pos"])
+        count, sum_y = (n, s["sum_y"]) if regime is None else (s["count_pos"], s["sum_y_pos"])
         if regime == "negative":
             count, sum_y = n - count, s["sum_y"] - sum_y
-        within = sum_y if family == "relu" else s["sum_y"]
-        size = count if family == "relu" else n
+        within = sum_y if estimator.within_regime_mean else s["sum_y"]
+        size = count if estimator.within_regime_mean else n
         mean_y = np.divide(within, size, out=np.zeros(self.neuron_shape), where=size > 0)
-        if kind == "linear":
+        if regime is None:
             np.multiply(s["sum_x"], mean_y, out=out)
             np.subtract(s["sum_xy"], out, out=out)
         elif regime == "positive":

@@ -37,7 +37,7 @@ Example:
     >>> from innv_pattern.patterns import PatternComputer
     >>> inp = keras.Input((3,))
     >>> computer = PatternComputer(keras.Model(inp, keras.layers.Dense(2, name="d")(inp)))
-    >>> fitter = Fitter(computer)
+    >>> fitter = Fitter(computer.plan)
     >>> acc = fitter.accumulators()
     >>> x = tf.ones((4, 3))
     >>> fitter.shift(x)
@@ -51,18 +51,18 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
-
+import dataclasses
 import functools
+from typing import Any, Mapping
 
 import numpy as np
 import tensorflow as tf
 
-from innv_pattern.canonize import KernelOp
+from innv_pattern.canonize import CanonicalGraph, KernelOp
 from innv_pattern.patterns.estimators import POSITIVE, PatternStatistics
 from innv_pattern.patterns.sums import batch_sums, channel_sums, finish
 
-__all__ = ["Fitter", "cpu_only"]
+__all__ = ["FitPlan", "Fitter", "cpu_only"]
 
 _SUM = tf.distribute.ReduceOp.SUM
 
@@ -76,32 +76,55 @@ def cpu_only(strategy: tf.distribute.Strategy) -> bool:
     return all(tf.DeviceSpec.from_string(d).device_type.upper() == "CPU" for d in devices)
 
 
+@dataclasses.dataclass(frozen=True)
+class FitPlan:
+    """What a fit computes, fixed when a :class:`PatternComputer` is made.
+
+    Attributes:
+        graph: The model's canonical graph (``Add`` merges as kernel ops).
+        ops: Its kernel ops, each with its kernel's layout (``op.layout``).
+        regimes: The statistics the estimators need (``regimes`` of
+            :class:`~innv_pattern.patterns.estimators.PatternStatistics`).
+        regime_sources: Per op name, the tensor whose sign is its regime, or
+            ``None`` for one regime (see ``computer.regime_sources``).
+        strategy: The ``tf.distribute.Strategy`` the batches run under.
+        model_name: The model's name, for messages.
+    """
+
+    graph: CanonicalGraph
+    ops: tuple[KernelOp, ...]
+    regimes: bool | str
+    regime_sources: Mapping[str, int | None]
+    strategy: tf.distribute.Strategy
+    model_name: str
+
+
 class Fitter:
-    """The compiled functions of a :class:`PatternComputer`, and the shift they use.
+    """The compiled functions of a fit's :class:`FitPlan`, and the shift they use.
 
     Accumulators are made afresh for each ``compute`` call and passed in as
     arguments, so the functions are traced once per computer while the
     accumulators' memory is freed after every call.
     """
 
-    def __init__(self, computer: Any) -> None:
-        self.c = computer
-        self.on_host = cpu_only(computer.strategy)
-        shapes, dtypes = computer._graph.shapes, computer._graph.dtypes
+    def __init__(self, plan: FitPlan) -> None:
+        self.plan = plan
+        self.on_host = cpu_only(plan.strategy)
+        shapes, dtypes = plan.graph.shapes, plan.graph.dtypes
         # In the op's compute dtype: float32, or float64 for a float64 model.
         self.means = {op.name: tf.Variable(tf.zeros(shapes[op.inputs[0]][op.channel_axis],
                                                     dtypes[op.inputs[0]]), trainable=False)
-                      for op in computer._ops}
+                      for op in plan.ops}
         self.y_shifts = {op.name: tf.Variable(tf.zeros(int(np.prod(
             op.layout.neuron_shape)), dtypes[op.inputs[0]]), trainable=False)
-            for op in computer._ops}
+            for op in plan.ops}
         options = dict(reduce_retracing=True, autograph=False)
         # Small kernels' sums are computed in the forward call itself (each op costs a
         # call otherwise); large kernels' in a call of their own, one op at a time.
-        self._inline = [int(np.prod(op.kernel_shape)) < INLINE_KERNEL for op in computer._ops]
+        self._inline = [int(np.prod(op.kernel_shape)) < INLINE_KERNEL for op in plan.ops]
         self._forward_values = tf.function(self._distributed_forward, **options)
         self._op_sums = [tf.function(functools.partial(self._distributed_op_sums, i), **options)
-                         for i in range(len(computer._ops))]
+                         for i in range(len(plan.ops))]
         self._periods: list[int] | None = None  # batches each op keeps before summing
         self.shift = tf.function(self._distributed_shift, **options)
 
@@ -113,8 +136,8 @@ class Fitter:
         """
         zeros = (np.zeros if self.on_host else
                  lambda shape: tf.Variable(tf.zeros(shape, tf.float64), trainable=False))
-        acc: dict[str, Any] = {"samples": np.zeros(()), "kept": [[] for _ in self.c._ops]}
-        for op in self.c._ops:
+        acc: dict[str, Any] = {"samples": np.zeros(()), "kept": [[] for _ in self.plan.ops]}
+        for op in self.plan.ops:
             acc[op.name] = {k: zeros(shape) for k, shape in self._sum_shapes(op).items()}
         return acc
 
@@ -156,9 +179,9 @@ class Fitter:
         :data:`MAX_KEPT` (over all replicas) so that a float32 sum over them
         stays within the bound :func:`_sums_fit_float32` checks.
         """
-        shapes, periods = self.c._graph.shapes, []
-        most = max(1, MAX_KEPT // self.c.strategy.num_replicas_in_sync)
-        for op in self.c._ops:
+        shapes, periods = self.plan.graph.shapes, []
+        most = max(1, MAX_KEPT // self.plan.strategy.num_replicas_in_sync)
+        for op in self.plan.ops:
             per_sample = (2 * np.prod(shapes[op.outputs[0]][1:])
                           + np.prod(shapes[op.inputs[0]][1:]))
             kept = BUFFER_FRACTION * np.prod(op.kernel_shape) / (samples * per_sample)
@@ -167,7 +190,7 @@ class Fitter:
 
     def _add_kept(self, acc: dict[str, Any], i: int) -> None:
         """Sums the batches op ``i`` kept and adds them to ``acc``."""
-        op, kept = self.c._ops[i], acc["kept"][i]
+        op, kept = self.plan.ops[i], acc["kept"][i]
         if not kept:
             return
         sums = self._op_sums[i](list(kept))
@@ -189,12 +212,12 @@ class Fitter:
         and the dtype (numbers) of each model input: cheap, and run before
         anything is compiled or added.
         """
-        graph, where = self.c._graph, f"Batch {index} (0-based) of the data"
+        graph, where = self.plan.graph, f"Batch {index} (0-based) of the data"
         xs = self._model_inputs(x, where)
         for i, (t, key) in enumerate(zip(xs, graph.inputs)):
             expected = tuple(graph.shapes[key])
             name = f"input {i} ('{key}')" if len(xs) > 1 else "the model input"
-            for part in self.c.strategy.experimental_local_results(t):
+            for part in self.plan.strategy.experimental_local_results(t):
                 shape, dtype = _shape_and_dtype(part)
                 if dtype is None:
                     raise TypeError(f"{where} holds {type(part).__name__} values of dtype "
@@ -210,11 +233,11 @@ class Fitter:
 
     def _model_inputs(self, element: Any, where: str = "The data") -> list[Any]:
         """``x``, or ``x`` of ``(x, y[, sample_weight])``, as a list of model inputs."""
-        graph = self.c._graph
+        graph = self.plan.graph
         x = element[0] if isinstance(element, tuple) else element
         xs = list(x) if isinstance(x, (list, tuple)) else [x]
         if len(xs) != len(graph.inputs):
-            raise ValueError(f"{where}: model '{self.c.model.name}' has {len(graph.inputs)} "
+            raise ValueError(f"{where}: model '{self.plan.model_name}' has {len(graph.inputs)} "
                              f"inputs; received batches with {len(xs)} (pass x as a tuple of "
                              "arrays, and (x, y) tuples for x with labels).")
         return xs
@@ -223,11 +246,11 @@ class Fitter:
         where = f"Batch {index} (0-based) of the data"
         bad_input = any(not np.isfinite(np.asarray(part, np.float64)).all()
                         for t in self._model_inputs(x)
-                        for part in self.c.strategy.experimental_local_results(t))
+                        for part in self.plan.strategy.experimental_local_results(t))
         if bad_input:
             problem = "holds NaN or infinite values"
         else:
-            first = self.c._ops[int(np.argmin(finite))].name
+            first = self.plan.ops[int(np.argmin(finite))].name
             problem = (f"is finite, but the float32 sums of layer '{first}' are not (an overflow "
                        "inside the model)")
         return (f"{where} {problem}; it was not added to the statistics, which keep every "
@@ -236,9 +259,9 @@ class Fitter:
     def _sum_shapes(self, op: KernelOp) -> dict[str, tuple[int, ...]]:
         """Shapes of :func:`batch_sums`' outputs."""
         layout = op.layout
-        shapes = self.c._graph.shapes
+        shapes = self.plan.graph.shapes
         out = tuple(shapes[op.outputs[0]][1:])
-        regimes = self.c._regimes
+        regimes = self.plan.regimes
         names = (["sum_xy"] if not regimes else ["sum_x_pos", "sum_xy_pos"] if
                  regimes == POSITIVE else ["sum_x_pos", "sum_xy_pos", "sum_xy_neg"])
         total = (1,) + out if layout.padded else (out[op.channel_axis],)
@@ -250,7 +273,7 @@ class Fitter:
 
     def _inputs(self, element: Any) -> list[tf.Tensor]:
         """The model inputs of a batch, cast to the model's dtypes."""
-        graph = self.c._graph
+        graph = self.plan.graph
         return [tf.cast(t, graph.dtypes[k]) for t, k in zip(self._model_inputs(element),
                                                               graph.inputs)]
 
@@ -274,8 +297,8 @@ class Fitter:
             found.append((op, args[0], y, out, kernel))
             return [out]
 
-        _, values = self.c._graph.run(xs, call=call, keep=True)
-        sources = self.c._regime_sources
+        _, values = self.plan.graph.run(xs, call=call, keep=True)
+        sources = self.plan.regime_sources
         return [(op, x, y, tf.ones_like(out) if sources[op.name] is None
                  else values[sources[op.name]], kernel) for op, x, y, out, kernel in found]
 
@@ -283,7 +306,7 @@ class Fitter:
                     kernel: tf.Tensor) -> dict[str, tf.Tensor]:
         """The sums of one op over some samples; ``pos``: their positive regime."""
         return batch_sums(op, op.layout, x, y, pos, self.means[op.name],
-                          self.y_shifts[op.name], self.c._regimes, kernel)
+                          self.y_shifts[op.name], self.plan.regimes, kernel)
 
     def _replica_forward(self, x: Any) -> tuple[list[tuple[tf.Tensor, ...]], dict[str, Any],
                                                  tf.Tensor, tf.Tensor]:
@@ -311,26 +334,26 @@ class Fitter:
         return values, total, finite, samples
 
     def _distributed_forward(self, x: Any) -> tuple[Any, dict[str, Any], tf.Tensor, tf.Tensor]:
-        values, sums, finite, samples = self.c.strategy.run(self._replica_forward, args=(x,))
-        local = self.c.strategy.experimental_local_results
+        values, sums, finite, samples = self.plan.strategy.run(self._replica_forward, args=(x,))
+        local = self.plan.strategy.experimental_local_results
         return values, local(sums)[0], local(finite)[0], local(samples)[0]
 
     def _replica_op_sums(self, i: int, kept: list[tuple[tf.Tensor, ...]]) -> dict[str, tf.Tensor]:
-        op = self.c._ops[i]
+        op = self.plan.ops[i]
         x, y, pos = (tf.concat(list(parts), 0) if len(parts) > 1 else parts[0]
                      for parts in zip(*kept))
         return _all_reduce(self._batch_sums(op, x, y, pos, op.get_kernel()))
 
     def _distributed_op_sums(self, i: int, kept: list[tuple[Any, ...]]) -> dict[str, tf.Tensor]:
         """Op ``i``'s sums over the batches it kept (all-reduced)."""
-        per_replica = self.c.strategy.run(functools.partial(self._replica_op_sums, i),
+        per_replica = self.plan.strategy.run(functools.partial(self._replica_op_sums, i),
                                           args=(kept,))
-        return self.c.strategy.experimental_local_results(per_replica)[0]
+        return self.plan.strategy.experimental_local_results(per_replica)[0]
 
     def _replica_means(self, x: Any) -> dict[str, Any]:
-        _, values = self.c._graph.run(self._inputs(x), keep=True)
+        _, values = self.plan.graph.run(self._inputs(x), keep=True)
         sums = {}
-        for op in self.c._ops:
+        for op in self.plan.ops:
             v = values[op.inputs[0]]
             n = tf.cast(tf.size(v), tf.float64) / tf.cast(tf.shape(v)[op.channel_axis], tf.float64)
             sums[op.name] = (tf.cast(channel_sums(v, op.channel_axis), tf.float64), n)
@@ -338,9 +361,9 @@ class Fitter:
 
     def _distributed_shift(self, x: Any) -> None:
         """Sets the shift: the input channel means of batch ``x``, and ``w^T`` of them."""
-        per_replica = self.c.strategy.run(self._replica_means, args=(x,))
-        total = self.c.strategy.experimental_local_results(per_replica)[0]
-        for op in self.c._ops:
+        per_replica = self.plan.strategy.run(self._replica_means, args=(x,))
+        total = self.plan.strategy.experimental_local_results(per_replica)[0]
+        for op in self.plan.ops:
             layout = op.layout
             total_x, n = total[op.name]
             mean = tf.cast(total_x / tf.maximum(n, 1.0), self.means[op.name].dtype)
@@ -355,19 +378,19 @@ class Fitter:
         Empties ``acc`` op by op; the calls of a shared layer add up to one
         statistics object.
         """
-        for i in range(len(self.c._ops)):
+        for i in range(len(self.plan.ops)):
             self._add_kept(acc, i)
         acc.pop("kept")
         samples = int(np.asarray(acc.pop("samples")))
         statistics = {}
-        for op in self.c._ops:
+        for op in self.plan.ops:
             layout = op.layout
             sums = {k: np.asarray(v) if self.on_host else v.numpy()
                     for k, v in acc.pop(op.name).items()}
             found = finish(op, layout, sums, self.means[op.name])
             x_shift = layout.shift_kernel(tf.cast(self.means[op.name], tf.float64)).numpy()
             y_shift = np.reshape(self.y_shifts[op.name].numpy(), layout.neuron_shape)
-            stats = PatternStatistics(layout.kernel_shape, layout.neuron_axes, self.c._regimes,
+            stats = PatternStatistics(layout.kernel_shape, layout.neuron_axes, self.plan.regimes,
                                       layout.x_shape)
             stats.update(found, x_shift, y_shift, copy=False)
             key = op.pattern_key

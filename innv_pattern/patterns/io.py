@@ -126,11 +126,11 @@ class Patterns(Mapping[str, np.ndarray]):
 
         ``"relu"`` means ``"relu.positive"``, the pattern PatternNet uses.
         """
-        kind = _resolve(pattern_type)
-        if kind not in self.types:
+        concrete = _resolve(pattern_type)
+        if concrete not in self.types:
             raise ValueError(f"These patterns hold types {list(self.types)}; received "
                              f"{pattern_type!r}. Fit them with pattern_type including it.")
-        return dict(self._by_type[kind])
+        return dict(self._by_type[concrete])
 
     def check_model(self, model: keras.Model, allow_changed_weights: bool = False,
                     graph: CanonicalGraph | None = None) -> None:
@@ -178,9 +178,9 @@ class Patterns(Mapping[str, np.ndarray]):
 
     def _write(self, f: h5py.File, statistics: bool) -> None:
         datasets = {}
-        for kind in self.types:
+        for concrete in self.types:
             for i, name in enumerate(self.fingerprint.names):
-                datasets[f"patterns/{kind}/{i}"] = np.asarray(self._by_type[kind][name], "<f4")
+                datasets[f"patterns/{concrete}/{i}"] = np.asarray(self._by_type[concrete][name], "<f4")
         if statistics:
             for i, name in enumerate(self.fingerprint.names):
                 for field, value in self.statistics[name].sums.items():
@@ -284,18 +284,18 @@ def _resolve(pattern_type: str) -> str:
     return PATTERN_TYPES[pattern_type][0] if pattern_type in PATTERN_TYPES else pattern_type
 
 
-def _checked_arrays(arrays: Mapping[str, np.ndarray], kind: str,
+def _checked_arrays(arrays: Mapping[str, np.ndarray], concrete: str,
                     fingerprint: Fingerprint) -> dict[str, np.ndarray]:
     missing = [n for n in fingerprint.names if n not in arrays]
     extra = [n for n in arrays if n not in fingerprint.names]
     if missing or extra:
-        raise ValueError(f"'{kind}' patterns are for layers {sorted(arrays)}; the fingerprint "
+        raise ValueError(f"'{concrete}' patterns are for layers {sorted(arrays)}; the fingerprint "
                          f"lists {list(fingerprint.names)} (missing {missing}, extra {extra}).")
     result = {}
     for name, shape in zip(fingerprint.names, fingerprint.shapes):
         value = np.asarray(arrays[name], np.float32)
         if value.shape != tuple(shape):
-            raise ValueError(f"'{kind}' pattern of layer '{name}' has shape {value.shape}; "
+            raise ValueError(f"'{concrete}' pattern of layer '{name}' has shape {value.shape}; "
                              f"its kernel has shape {tuple(shape)}.")
         result[name] = value
     return result
