@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Sequence
 
 __all__ = ["ANALYZER_COLORS", "DPI", "ESTIMATOR_COLORS", "ESTIMATOR_LABELS", "FORMATS",
-           "RANDOM_COLOR", "colors_for"]
+           "LEGEND_OUTSIDE", "RANDOM_COLOR", "colors_for"]
 
 #: Resolution of written figures (dots per inch) unless told otherwise.
 DPI = 100
@@ -43,6 +43,10 @@ ESTIMATOR_COLORS: dict[str, str] = {
 ESTIMATOR_LABELS: dict[str, str] = {
     "random": "random", "filter": "$S_w$", "linear": "$S_a$", "two_component": r"$S_{a\pm}$",
 }
+#: ``ax.legend(**LEGEND_OUTSIDE)``: the legend right of the axes, top-aligned, so it never
+#: covers a bar or a curve (a constrained-layout figure makes room for it).
+LEGEND_OUTSIDE: dict[str, object] = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0),
+                                     "borderaxespad": 0.0, "frameon": False}
 #: Colours for everything else (other analyzers, own labels), in order of appearance.
 _SPARE = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d",
           "#31a354", "#756bb1", "#636363", "#9c9ede", "#cedb9c", "#e7cb94", "#e7969c",

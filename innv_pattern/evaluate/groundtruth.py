@@ -33,6 +33,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from innv_pattern.evaluate._common import figure_axes
+from innv_pattern.style import LEGEND_OUTSIDE, colors_for
 
 __all__ = ["ACCURACY_METRICS", "DEFAULT_METRICS", "earth_movers_distance",
            "explanation_accuracy", "plot_explanation_accuracy"]
@@ -40,6 +41,9 @@ __all__ = ["ACCURACY_METRICS", "DEFAULT_METRICS", "earth_movers_distance",
 ACCURACY_METRICS = ("auroc", "precision", "mass", "emd")
 DEFAULT_METRICS = ("auroc", "precision", "mass")
 EMD_BACKENDS = ("auto", "pot", "scipy")
+#: Axis labels of the metrics in :func:`plot_explanation_accuracy`.
+METRIC_LABELS = {"auroc": "AUROC", "precision": "precision\n(top k = mask size)",
+                 "mass": "mass in mask", "emd": "EMD score\n(1 - EMD / diagonal)"}
 
 
 def _auroc(score: np.ndarray, positive: np.ndarray) -> float:
@@ -181,28 +185,37 @@ def explanation_accuracy(analysis: Any, signal_mask: Any,
 
 def plot_explanation_accuracy(results: Mapping[str, Mapping[str, float]], ax: Any = None,
                               title: str | None = None) -> Any:
-    """Grouped bars: one group per analyzer, one bar per metric.
+    """Grouped bars: one group per metric, one bar per analyzer in the analyzer's colour.
 
     Args:
-        results: ``{analyzer: explanation_accuracy(...)}``.
+        results: ``{analyzer: explanation_accuracy(...)}``; analyzer names or
+            display names get the colours of :mod:`innv_pattern.style`.
         ax: Matplotlib axes (default: a new figure).
         title: Figure title.
 
     Returns:
-        The matplotlib figure.
+        The matplotlib figure; the legend lies right of the axes.
+
+    Example:
+        >>> fig = plot_explanation_accuracy({"gradient": {"auroc": 0.5, "mass": 0.3},
+        ...                                  "pattern.net": {"auroc": 1.0, "mass": 0.9}})
+        >>> [t.get_text() for t in fig.axes[0].get_xticklabels()]
+        ['AUROC', 'mass in mask']
     """
     fig, ax = figure_axes(ax, (7.5, 3.8))
     names = list(results)
     metrics = list(next(iter(results.values())))
-    x = np.arange(len(names))
-    width = 0.8 / len(metrics)
-    for i, m in enumerate(metrics):
-        ax.bar(x + (i - (len(metrics) - 1) / 2) * width, [results[n][m] for n in names], width,
-               label=m)
-    ax.set_xticks(x, names, rotation=45, ha="right")
-    ax.set_ylim(0.0, 1.2)
+    colors = colors_for(names)
+    x = np.arange(len(metrics))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, [results[name][m] for m in metrics],
+               width, label=name, color=colors[name])
+    ax.set_xticks(x, [METRIC_LABELS.get(m, m) for m in metrics])
+    ax.set_ylim(0.0, 1.05)
+    ax.axhline(1.0, color="grey", linewidth=0.5, linestyle=":")
     ax.set_ylabel("explanation accuracy")
-    ax.legend(fontsize="small", loc="upper center", ncol=len(metrics))
+    ax.legend(title="analyzer", fontsize="small", **LEGEND_OUTSIDE)
     if title:
         ax.set_title(title)
     return fig

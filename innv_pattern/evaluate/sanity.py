@@ -37,6 +37,7 @@ import numpy as np
 
 from innv_pattern.canonize import canonize
 from innv_pattern.evaluate._common import figure_axes, needs_patterns
+from innv_pattern.style import LEGEND_OUTSIDE, colors_for
 
 __all__ = ["METRICS", "plot_randomization", "randomization_check", "similarity"]
 
@@ -173,26 +174,28 @@ def plot_randomization(results: Mapping[str, Mapping[str, Any]], metric: str = "
     """Draws similarity against the randomized layers, one line per analyzer.
 
     Args:
-        results: ``{analyzer name: randomization_check(...)}``.
+        results: ``{analyzer name: randomization_check(...)}``; analyzer names
+            or display names get the colours of :mod:`innv_pattern.style`.
         metric: Which similarity to draw.
         ax: Matplotlib axes (default: a new figure).
         title: Figure title.
 
     Returns:
-        The matplotlib figure.
+        The matplotlib figure; the legend lies right of the axes.
     """
-    fig, ax = figure_axes(ax, (7.0, 4.0))
+    fig, ax = figure_axes(ax, (7.5, 4.0))
+    colors = colors_for(list(results))
     for label, result in results.items():
         values = result["similarity"][metric]
-        ax.plot(np.arange(len(values)), values, marker="o", label=label)
+        ax.plot(np.arange(len(values)), values, marker="o", label=label, color=colors[label])
     first = next(iter(results.values()))
     ax.set_xticks(np.arange(len(first["layers"]) + 1), ["original"] + first["layers"],
                   rotation=45, ha="right")
-    ax.set_ylabel(f"similarity to original ({metric})")
+    ax.set_ylabel(f"similarity to original\n({metric})")
     ax.set_xlabel("randomized " + ("up to layer (from the top)" if first["mode"] == "cascading"
                                    else "layer"))
     ax.axhline(0.0, color="black", linewidth=0.5)
-    ax.legend(fontsize="small")
+    ax.legend(title="analyzer", fontsize="small", **LEGEND_OUTSIDE)
     if title:
         ax.set_title(title)
     return fig
