@@ -449,8 +449,9 @@ def _collect(chosen: list[EvaluatedLayer], estimators: Sequence[str],
     rho: dict[str, dict[str, Any]] = {e: {} for e in estimators}
     for name, parts in values.items():
         joined = np.concatenate(parts)
-        for i, name in enumerate(estimators):
-            rho[name][name] = joined[:, i] if per_neuron else float(np.nanmean(joined[:, i]))
+        for i, estimator in enumerate(estimators):
+            rho[estimator][name] = (joined[:, i] if per_neuron
+                                    else float(np.nanmean(joined[:, i])))
     return rho, info
 
 
