@@ -46,7 +46,8 @@ from innv_pattern.cli_io import (InputOptions, UserError, batches, check_exists,
                                  write_file_rows, IMAGE_SUFFIXES)
 from innv_pattern.cli_patterns import (check_input_scale, is_lost_peer, load_patterns,  # noqa: E402
                                        lost_peer_message, partial_path, save_partial)
-from innv_pattern.patterns.estimators import DEFAULT_ESTIMATOR, ESTIMATORS  # noqa: E402
+from innv_pattern.patterns.estimators import (DEFAULT_ESTIMATOR, ESTIMATORS,  # noqa: E402
+                                              PATTERN_TYPES)
 from innv_pattern.style import FORMATS  # noqa: E402
 
 __all__ = ["build_parser", "main"]
@@ -78,9 +79,9 @@ class _AnalyzerNames:
         return iter(self.names())
 
 
-#: ``fit --pattern-type``: each estimator, and the linear one with each other one.
-PATTERN_TYPE_CHOICES = tuple(ESTIMATORS) + tuple(f"linear+{name}" for name in ESTIMATORS
-                                                 if name != "linear")
+#: ``fit --pattern-type``: each estimator (and low-memory form), the linear one with each other.
+PATTERN_TYPE_CHOICES = tuple(PATTERN_TYPES) + tuple(f"linear+{name}" for name in ESTIMATORS
+                                                    if name != "linear")
 
 #: Every analyzer's name; the ones that need a pattern file; the paper's ten.
 METHODS, PATTERN_METHODS = _AnalyzerNames(), _AnalyzerNames("needs_patterns")
@@ -189,7 +190,8 @@ def _add_fit(commands: Any) -> None:
     fit.add_argument("--pattern-type", default=DEFAULT_ESTIMATOR, choices=PATTERN_TYPE_CHOICES,
                      help="the signal estimator: "
                      + ", ".join(f"'{e.name}' ({e.summary})" for e in ESTIMATORS.values())
-                     + "; 'linear+NAME' fits both in one pass")
+                     + "; 'linear+NAME' fits both in one pass; 'NAME.positive' only the "
+                     "pattern PatternNet and PatternAttribution use, in two thirds of the memory")
     fit.add_argument("--batch-size", type=positive, default=32, help="default 32")
     fit.add_argument("--steps", type=positive, help="stop after this many batches")
     fit.add_argument("--strategy", default="default", choices=STRATEGIES,

@@ -491,3 +491,18 @@ def test_mirrored_strategy_spreads_over_every_logical_cpu_without_a_gpu():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert "replicas 2" in done.stdout, done.stdout + done.stderr[-2000:]
+
+
+def test_fit_low_memory_checkpoints_then_explains(files, tmp_path):
+    """--pattern-type relu.positive: checkpointed like relu, its file explains."""
+    from innv_pattern.patterns import Patterns
+
+    out = str(tmp_path / "low.h5")
+    assert main(["fit", "--model", files["model.keras"], "--data", files["x.npy"], "--out", out,
+                 "--pattern-type", "relu.positive", "--batch-size", "16",
+                 "--checkpoint-every", "1"]) == 0
+    saved = Patterns.load(out)
+    assert saved.types == ("relu.positive",) and saved.statistics is not None
+    assert not os.path.exists(str(tmp_path / "low.partial.h5"))   # removed once complete
+    assert main(["explain", "--model", files["model.keras"], "--patterns", out, "--method",
+                 "pattern.net", "--input", files["x.npy"], "--out", str(tmp_path / "pn")]) == 0

@@ -56,6 +56,8 @@ def numerators(patterns: Patterns, name: str) -> dict[str, np.ndarray]:
     """n_r (E_r[x y] - E_r[x] E[y]) of every regime, from the float64 statistics."""
     s = patterns.statistics[name].sums
     mean_y = s["sum_y"] / s["count"]
+    if "sum_xy" not in s:  # positive-regime statistics (pattern_type "relu.positive")
+        return {"relu.positive": s["sum_xy_pos"] - s["sum_x_pos"] * mean_y}
     sum_x = np.broadcast_to(s["sum_x"], s["sum_xy"].shape)
     found = {"linear": s["sum_xy"] - sum_x * mean_y}
     if "sum_xy_pos" in s:
@@ -81,7 +83,8 @@ def assert_same_fit(a: Patterns, b: Patterns, rtol: float = 1e-6,
             num_a, num_b = numerators(a, name), numerators(b, name)
             for kind in a.types:
                 # Relative to the totals: an empty regime's numerator is rounding noise.
-                scale = max(np.abs(num_a[kind]).max(), np.abs(num_a["linear"]).max())
+                scale = max(np.abs(num_a[kind]).max(),
+                            np.abs(num_a.get("linear", num_a[kind])).max())
                 err = np.abs(num_b[kind] - num_a[kind]).max() / scale
                 assert err < rtol, f"{name} {kind} statistics: relative difference {err:.2e}"
         for kind in a.types:

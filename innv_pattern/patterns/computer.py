@@ -28,7 +28,7 @@ from innv_pattern import kinds
 from innv_pattern.canonize import (ActivationOp, CanonicalGraph, Interleave, KernelOp, LayerOp,
                                    Op, canonize)
 from innv_pattern.patterns.batches import generator_dataset, samples_in_batch, skipped_batches
-from innv_pattern.patterns.estimators import (POSITIVE, PatternStatistics, expand_pattern_type,
+from innv_pattern.patterns.estimators import (PatternStatistics, expand_pattern_type,
                                              parse_pattern, regimes_of)
 from innv_pattern.patterns.io import Fingerprint, Patterns
 from innv_pattern.patterns.fitter import FitPlan, Fitter
@@ -62,8 +62,9 @@ class PatternComputer:
             mode: only the pattern PatternNet and PatternAttribution use, the
             same values as ``"relu"``'s (it keeps the positive regime's float64
             sums alone: 16 bytes per weight instead of 24, and two kernel
-            gradients per op instead of three); its statistics cannot be saved
-            (no checkpoints, ``save_state`` or shards to merge) and take no
+            gradients per op instead of three); its statistics checkpoint,
+            save, resume and merge like the others' (files of ``relu.positive``
+            statistics resume ``relu.positive`` fits only) and take no
             ``shrinkage``.
         shrinkage: Pseudo-samples of the all-sample statistics added to
             each regime's (:meth:`PatternStatistics.finalize`): 0, the
@@ -103,10 +104,6 @@ class PatternComputer:
     def strategy(self) -> tf.distribute.Strategy:
         """The ``tf.distribute.Strategy`` the fit runs under."""
         return self.plan.strategy
-
-    @property
-    def _positive_only(self) -> bool:
-        return self.plan.regimes == POSITIVE
 
     @property
     def samples_seen(self) -> int:
@@ -202,8 +199,6 @@ class PatternComputer:
                               "held: pass accumulate=True for that (resume=True now only "
                               "continues a checkpoint file).", FutureWarning, stacklevel=2)
             accumulate = True
-        if checkpoint is not None and self._positive_only:
-            self.save_state(checkpoint)  # raises: nothing to checkpoint
         if not accumulate:
             self.reset()
         before = self._state, self._samples
@@ -329,15 +324,10 @@ class PatternComputer:
                 by_type[concrete][key] = pattern
         return Patterns(by_type, self.pattern_type, Fingerprint.of(self.model, self.plan.graph),
                         samples_seen=self._samples, degenerate=degenerate,
-                        statistics=None if self._positive_only else dict(self._state))
+                        statistics=dict(self._state))
 
     def save_state(self, path: str | os.PathLike) -> None:
         """Saves the statistics so far (with their patterns) to an HDF5 file."""
-        if self._positive_only:
-            raise ValueError("pattern_type='relu.positive' keeps positive-regime statistics, "
-                             "which pattern files do not hold: checkpoints, save_state and "
-                             "load_state need pattern_type='relu'. Save the patterns with "
-                             "compute(...).save(path).")
         self.patterns().save(path)
 
     def load_state(self, *sources: str | os.PathLike | Patterns) -> None:

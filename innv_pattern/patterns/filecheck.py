@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
-from innv_pattern.patterns.estimators import expand_pattern_type, state_shapes
+from innv_pattern.patterns.estimators import POSITIVE, expand_pattern_type, state_shapes
 
 __all__ = ["PatternFileError", "check_structure", "checksum", "expected_datasets", "header"]
 
@@ -165,8 +165,8 @@ def expected_datasets(meta: dict[str, Any], path: str) -> dict[str, tuple[tuple[
         except (KeyError, TypeError, ValueError) as err:
             raise PatternFileError(f"'{path}' has invalid statistics layout for layer '{name}': "
                                    f"{err}") from None
-        if set(config) != {"kernel_shape", "neuron_axes", "regimes", "x_shape"} or not isinstance(
-                config["regimes"], bool):
+        if set(config) != {"kernel_shape", "neuron_axes", "regimes", "x_shape"} or not (
+                isinstance(config["regimes"], bool) or config["regimes"] == POSITIVE):
             raise PatternFileError(f"'{path}' has statistics layout keys {sorted(config)} for "
                                    f"layer '{name}'; expected kernel_shape, neuron_axes, regimes, "
                                    "x_shape.")
