@@ -169,19 +169,36 @@ class PatternNet(_PatternAnalyzer):
         super().__init__(model, neuron_selection_mode, patterns, pattern_type)
 
     def _build(self) -> None:
-        graph = self._graph
-        after_kernel: set[int] = set()  # tensors that some kernel op's output reaches
-        for op in graph.ops:
-            if isinstance(op, KernelOp) or after_kernel.intersection(op.inputs):
-                after_kernel.update(op.outputs)
-        # Not before the first kernel op: the RMS of a padded input moves with its offset.
-        self._cuts = frozenset(after_kernel & graph.cut_tensors() - set(graph.outputs)
-                               if self.normalize else ())
+        self._cuts = frozenset(_rescaled_tensors(self._graph) if self.normalize else ())
         super()._build()
 
     def _call(self, op: Any, *xs: tf.Tensor) -> list[tf.Tensor]:
         outs = super()._call(op, *xs)
         return [_rms_rescaled(t) if key in self._cuts else t for key, t in zip(op.outputs, outs)]
+
+
+#: A mean square below this may have lost entries to underflow (float32's normal range
+#: ends at 1.2e-38): the rescale then takes the exact, slower path.
+_TINY_SQUARE = 1e-30
+
+
+def _rescaled_tensors(graph: Any) -> set[int]:
+    """The tensors PatternNet rescales its backward signal at.
+
+    Cut tensors (every path from the output to the input passes through them)
+    after the first kernel op (before it, the RMS of a padded input moves with
+    its offset), but not one that a single-input op other than a kernel op
+    (an activation, pooling, a reshape) makes from another such tensor: the
+    signal does not grow there, and the rescale nearest the input, which sets
+    the output's scale, is kept.  One rescale per layer, not one per tensor.
+    """
+    after_kernel: set[int] = set()  # tensors that some kernel op's output reaches
+    for op in graph.ops:
+        if isinstance(op, KernelOp) or after_kernel.intersection(op.inputs):
+            after_kernel.update(op.outputs)
+    cuts = after_kernel & graph.cut_tensors() - set(graph.outputs)
+    return {key for op in graph.ops for key in op.outputs if key in cuts and (
+        isinstance(op, KernelOp) or len(op.inputs) != 1 or op.inputs[0] not in cuts)}
 
 
 def _rms_rescaled(t: tf.Tensor) -> tf.Tensor:
@@ -191,11 +208,20 @@ def _rms_rescaled(t: tf.Tensor) -> tf.Tensor:
     def rescale(v: tf.Tensor) -> Any:
         def grad(g: tf.Tensor) -> tf.Tensor:
             axes = list(range(1, len(v.shape)))
-            # Divided by its largest entry first: squares of a large signal overflow.
-            g = tf.math.divide_no_nan(g, tf.reduce_max(tf.abs(g), axis=axes, keepdims=True))
+            mean_square = tf.reduce_mean(tf.square(g), axis=axes, keepdims=True)
+
+            def scaled() -> tuple[tf.Tensor, tf.Tensor]:
+                # Divided by its largest entry first: squares of a huge (or tiny) signal
+                # overflow (or underflow); taken only where they did, as it costs 3 passes.
+                m = tf.reduce_max(tf.abs(g), axis=axes, keepdims=True)
+                unit = tf.math.divide_no_nan(g, m)
+                return unit, tf.reduce_mean(tf.square(unit), axis=axes, keepdims=True)
+
+            representable = tf.reduce_all(tf.math.is_finite(mean_square)
+                                          & (mean_square > _TINY_SQUARE))
+            g, mean_square = tf.cond(representable, lambda: (g, mean_square), scaled)
             rms_v = tf.sqrt(tf.reduce_mean(tf.square(v), axis=axes, keepdims=True))
-            rms_g = tf.sqrt(tf.reduce_mean(tf.square(g), axis=axes, keepdims=True))
-            return g * tf.math.divide_no_nan(rms_v, rms_g)
+            return g * tf.math.divide_no_nan(rms_v, tf.sqrt(mean_square))
 
         return tf.identity(v), grad
 

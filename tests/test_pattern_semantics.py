@@ -13,6 +13,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from pattern_reference import patterns_from_samples, reference_patterns
 
 import innv_pattern as ip
@@ -313,3 +314,46 @@ def test_deep_patternnet_stays_within_the_input_scale():
                                        * np.linalg.norm(normalized, axis=1) + 1e-30)
     live = np.linalg.norm(raw, axis=1) > 0
     np.testing.assert_allclose(cos[live], 1.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e25, 1e-25])
+def test_patternnet_rescale_equals_float64_for_huge_and_tiny_signals(scale):
+    """The rescale's fast path (plain mean squares) and its exact path (divided by the
+    largest entry first, taken where squares over- or underflow float32) both give
+    g * rms(v) / rms(g) per sample, as float64 numpy does."""
+    from innv_pattern.pattern_analyzers import _rms_rescaled
+
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(3, 4, 4, 2)).astype("float32")
+    g = (rng.normal(size=v.shape) * scale).astype("float32")
+    vt = tf.constant(v)
+    with tf.GradientTape() as tape:
+        tape.watch(vt)
+        out = _rms_rescaled(vt)
+    found = tape.gradient(out, vt, output_gradients=tf.constant(g)).numpy()
+    g64, v64 = g.astype(np.float64), v.astype(np.float64)
+    rms = lambda a: np.sqrt(np.mean(a ** 2, axis=(1, 2, 3), keepdims=True))  # noqa: E731
+    np.testing.assert_allclose(found, g64 * rms(v64) / rms(g64), rtol=1e-5, atol=1e-6)
+
+
+def test_patternnet_rescales_once_per_layer():
+    """In a plain CNN the signal is rescaled at each kernel layer's output after the first
+    (activations, pooling and reshapes between them do not grow it); in a residual net
+    also at each block's merge, so no block's growth compounds with the next's."""
+    from innv_pattern.canonize import canonize
+    from innv_pattern.pattern_analyzers import _rescaled_tensors
+
+    inp = keras.Input((8, 8, 1))
+    x = L.MaxPooling2D()(L.Conv2D(4, 3, activation="relu", name="c1")(inp))
+    x = L.Flatten()(L.Conv2D(4, 3, activation="relu", padding="same", name="c2")(x))
+    plain = keras.Model(inp, L.Dense(3, name="out")(L.Dense(5, activation="relu", name="d")(x)))
+    graph = canonize(plain)
+    producers = {op.outputs[0]: op.name for op in graph.ops}
+    assert sorted(producers[k] for k in _rescaled_tensors(graph)) == ["c1", "c2", "d"]
+    y = L.Conv2D(4, 3, padding="same", activation="relu", name="r1")(
+        L.Conv2D(4, 3, padding="same", activation="relu", name="c1")(inp))
+    merged = L.ReLU(name="relu")(L.Add(name="add")([y, L.Conv2D(4, 1, name="skip")(inp)]))
+    res = keras.Model(inp, L.Dense(3, name="out")(L.Flatten()(merged)))
+    graph = canonize(res)
+    producers = {op.outputs[0]: op.name for op in graph.ops}
+    assert sorted(producers[k] for k in _rescaled_tensors(graph)) == ["add"]
