@@ -54,7 +54,10 @@ class KernelLayout:
         out_axis: The neuron axis that does not index input channels: along
             it every neuron reads the same inputs (ungrouped kernels).
         in_axis: Axis indexing the input channel (within its group).
-        groups: Groups of a grouped convolution, else 1.
+        groups: Groups of a grouped convolution (or a merge's channels), else 1.
+        blocked: The input holds the groups' inputs as blocks (a merge: entry
+            ``k * groups + c`` is input ``k``'s channel ``c``), not each group's
+            channels together.
         padded: Some patches read padding (or, for a transposed convolution,
             miss kernel taps), so shifting ``x`` needs a correction.
 
@@ -72,6 +75,7 @@ class KernelLayout:
     in_axis: int
     groups: int = 1
     padded: bool = False
+    blocked: bool = False
 
     @property
     def depthwise(self) -> bool:
@@ -114,7 +118,8 @@ class KernelLayout:
             shape[self.in_axis] = -1
             return tf.reshape(mean, shape)
         per_group_in, out = self.kernel_shape[-2], self.kernel_shape[-1]
-        grouped = tf.transpose(tf.reshape(mean, [self.groups, per_group_in]))
+        grouped = (tf.reshape(mean, [per_group_in, self.groups]) if self.blocked
+                   else tf.transpose(tf.reshape(mean, [self.groups, per_group_in])))
         spread = tf.repeat(grouped, out // self.groups, axis=1)
         return tf.reshape(spread, [1] * (rank - 2) + [per_group_in, out])
 

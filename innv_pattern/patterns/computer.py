@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from innv_pattern import kinds
-from innv_pattern.canonize import (ActivationOp, CanonicalGraph, Interleave, KernelOp, LayerOp,
+from innv_pattern.canonize import (ActivationOp, CanonicalGraph, MergeInputs, KernelOp, LayerOp,
                                    Op, canonize)
 from innv_pattern.patterns.batches import generator_dataset, samples_in_batch, skipped_batches
 from innv_pattern.patterns.estimators import (PatternStatistics, expand_pattern_type,
@@ -448,10 +448,10 @@ def regime_sources(graph: CanonicalGraph) -> dict[str, int | None]:
         if gated(key):
             return key
         found = readers.get(key, [])
-        merge = found[0] if len(found) == 1 and isinstance(found[0], Interleave) else None
+        merge = found[0] if len(found) == 1 and isinstance(found[0], MergeInputs) else None
         if merge is None or key in graph.outputs:
             return None
-        adds = readers.get(merge.outputs[0], [])  # the merge kernel op reading the interleave
+        adds = readers.get(merge.outputs[0], [])  # the merge kernel op reading the inputs
         return source(adds[0].outputs[0]) if len(adds) == 1 else None
 
     return {op.name: source(op.outputs[0]) for op in graph.kernel_ops}
