@@ -140,12 +140,14 @@ class PatternNet(_PatternAnalyzer):
     so the paper's signal grows with depth (15-30x per layer on the trained
     networks of ``benchmarks/pattern_factors.py``: 1e12 to 1e25 times the
     input after 10 to 20 layers; beyond float32 at ResNet depth).  With ``normalize``
-    (the default) the back-projected signal is rescaled, per sample, at every
-    tensor that all paths from the output to the input pass through (between
-    layers and blocks, not inside a residual block) to the root mean square of
-    the forward activation there (after the first kernel layer: the rescaled
-    signal then does not depend on the input's offset, and PatternNet stays
-    input-invariant).  The backward pass is linear in the signal,
+    (the default) the back-projected signal is rescaled, per sample, to the
+    root mean square of the forward activation at the first tensor after the
+    first kernel layer that all paths from the output to the input pass through
+    (the rescaled signal then does not depend on the input's offset, and
+    PatternNet stays input-invariant); at the later such tensors (between layers
+    and blocks, not inside a residual block) it is divided by its largest entry
+    where that leaves ``[1e-15, 1e15]``, so that it never overflows or
+    underflows float32.  The backward pass is linear in the signal,
     so the result is the paper's signal times one positive number per sample:
     the direction is exact, the scale is that of the activations, and a model
     with one kernel layer (the linear model, the toy example) gives the
@@ -166,15 +168,42 @@ class PatternNet(_PatternAnalyzer):
                  normalize: bool = True) -> None:
         self.normalize = bool(normalize)
         self._cuts: frozenset[int] = frozenset()
+        self._scale_cut: int | None = None
         super().__init__(model, neuron_selection_mode, patterns, pattern_type)
 
     def _build(self) -> None:
-        self._cuts = frozenset(_rescaled_tensors(self._graph) if self.normalize else ())
+        cuts = _rescaled_tensors(self._graph) if self.normalize else set()
+        self._cuts = frozenset(cuts)
+        # The rescale nearest the input sets the scale; the others only guard the range.
+        self._scale_cut = next((key for op in self._graph.ops for key in op.outputs
+                                if key in cuts), None)
         super()._build()
 
     def _call(self, op: Any, *xs: tf.Tensor) -> list[tf.Tensor]:
         outs = super()._call(op, *xs)
-        return [_rms_rescaled(t) if key in self._cuts else t for key, t in zip(op.outputs, outs)]
+        return [t if key not in self._cuts else _rms_rescaled(t) if key == self._scale_cut
+                else _range_guarded(t) for key, t in zip(op.outputs, outs)]
+
+
+#: The backward signal's largest entry is kept within ``[1 / GUARD, GUARD]`` between rescales.
+_GUARD = 1e15
+
+
+def _range_guarded(t: tf.Tensor) -> tf.Tensor:
+    """``t``, whose backward signal is divided per sample by its largest entry where that
+    entry leaves ``[1 / _GUARD, _GUARD]`` (a positive factor: the direction is kept)."""
+
+    @tf.custom_gradient
+    def guard(v: tf.Tensor) -> Any:
+        def grad(g: tf.Tensor) -> tf.Tensor:
+            axes = list(range(1, len(v.shape)))
+            m = tf.reduce_max(tf.abs(g), axis=axes, keepdims=True)
+            inside = tf.reduce_all(((m <= _GUARD) & (m >= 1.0 / _GUARD)) | tf.equal(m, 0.0))
+            return tf.cond(inside, lambda: g, lambda: tf.math.divide_no_nan(g, m))
+
+        return tf.identity(v), grad
+
+    return guard(t)
 
 
 #: A mean square below this may have lost entries to underflow (float32's normal range

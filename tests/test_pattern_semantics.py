@@ -357,3 +357,21 @@ def test_patternnet_rescales_once_per_layer():
     graph = canonize(res)
     producers = {op.outputs[0]: op.name for op in graph.ops}
     assert sorted(producers[k] for k in _rescaled_tensors(graph)) == ["add"]
+
+
+@pytest.mark.parametrize("scale,divided", [(1.0, False), (1e20, True), (1e-20, True)])
+def test_patternnet_range_guard_divides_only_outside_its_range(scale, divided):
+    """Between the scale-setting rescale and the output, the signal is left as it is
+    (bit for bit) while its largest entry is in [1e-15, 1e15], and divided by that
+    entry, per sample, where it is not: a positive factor, so the direction is kept."""
+    from innv_pattern.pattern_analyzers import _range_guarded
+
+    rng = np.random.default_rng(1)
+    v = tf.constant(rng.normal(size=(3, 5)).astype("float32"))
+    g = (rng.normal(size=(3, 5)) * scale).astype("float32")
+    with tf.GradientTape() as tape:
+        tape.watch(v)
+        out = _range_guarded(v)
+    found = tape.gradient(out, v, output_gradients=tf.constant(g)).numpy()
+    expected = g / np.abs(g).max(axis=1, keepdims=True) if divided else g
+    np.testing.assert_allclose(found, expected, rtol=1e-6)
