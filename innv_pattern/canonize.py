@@ -455,10 +455,9 @@ def _merge_ops(node: Node, shapes: dict, dtypes: dict) -> list[Op] | None:
     last axis (entry ``k * channels + c`` is input ``k``'s channel ``c``), and
     a :class:`KernelOp` with a constant ``(n, channels)`` kernel of the merge's
     weights sums each channel's ``n`` entries: a grouped linear layer whose
-    neurons are the channels, each reading one entry of every input.  (Blocks,
-    not interleaved entries: a split and a weighted sum back-propagate about
-    4x faster on CPU than a stack, a reshape and a sum over a last axis of size
-    ``n``, ``benchmarks/analyze.py`` on ResNet50.)
+    neurons are the channels, each reading one entry of every input.  (Blocks:
+    a split and a weighted sum back-propagate ~4x faster on CPU than
+    interleaved entries' stack, reshape and sum over a last axis of size n.)
     """
     weight = next((w for cls, w in _MERGE_WEIGHTS.items() if type(node.layer) is cls), None)
     out = tuple(shapes[node.outputs[0]])

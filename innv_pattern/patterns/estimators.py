@@ -8,7 +8,7 @@ vector ``x`` (a Dense input, or a convolution patch), the output
 of positive-regime samples ``n+``, and the sums of ``x``, ``y`` and ``x y``
 over all samples and over the positive regime (negative-regime sums are the
 totals minus the positive ones).  From these, :meth:`PatternStatistics.finalize`
-computes the patterns:
+computes the patterns of each estimator declared in :data:`ESTIMATORS`:
 
 * ``"linear"`` (Eq. 3): ``a = cov[x, y] / (w^T cov[x, y])``;
 * ``"relu"``, the two-component estimator with every statistic taken within
@@ -26,11 +26,10 @@ every sample.  Only ``"relu"`` is invariant to a shift of the input's mean
 (compensated by the bias, Kindermans et al., 2017): Eq. 7's numerator is
 ``cov+[x, y] + E+[x] (E+[y] - E[y])``, and a shift moves ``E+[y] - E[y]``.
 On trained networks with BatchNormalization the difference is large
-(``benchmarks/trained_networks.py``), so ``"relu"`` is the default.  A
-neuron whose regime has no sample, or whose
-denominator vanishes (to within :data:`DEGENERATE_RTOL` of
-``sum_f |w_f num_f|``, below which the ratio is rounding noise), is
-*degenerate*: its pattern is all zeros (it then contributes nothing to a
+(``benchmarks/trained_networks.py``), so ``"relu"`` is the default.  A neuron
+whose regime has no sample, or whose denominator vanishes (to within
+:data:`DEGENERATE_RTOL` of ``sum_f |w_f num_f|``: rounding noise), is
+*degenerate*: its pattern is all zeros (it contributes nothing to a
 PatternNet or PatternAttribution backward pass) and it is counted.
 
 Example:
@@ -76,21 +75,17 @@ REGIMES = ("positive", "negative")
 
 @dataclasses.dataclass(frozen=True)
 class Estimator:
-    """One signal estimator: its name, the patterns it fits, and how they finish.
-
-    The one declaration every part reads (the computer, the fitter's sums,
-    pattern files, evaluation and the command line): an estimator is added
-    here, with its numerator in :meth:`PatternStatistics._numerator`.
+    """One signal estimator, declared once for the computer, the fitter's sums, pattern
+    files, evaluation and the command line (its numerator: :meth:`PatternStatistics._numerator`).
 
     Attributes:
         name: The ``pattern_type`` users pass (``"relu"``).
         family: The paper's estimator it is: ``"linear"`` (``S_a``, Eq. 3) or
             ``"two_component"`` (``S_a+-``, Eqs. 4-7); the names
             :func:`~innv_pattern.evaluate.signal_quality` compares.
-        regimes: The regimes with a pattern each (``()``: one pattern over all
-            samples, named ``name``); they need the positive-regime sums.
-        within_regime_mean: The numerator's mean of ``y`` is taken within the
-            regime (``cov_r[x, y]``), not over all samples (Eq. 7).
+        regimes: The regimes with a pattern each (``()``: one, named ``name``).
+        within_regime_mean: The numerator's mean of ``y`` is the regime's
+            (``cov_r[x, y]``), not all samples' (Eq. 7).
         summary: One line for help texts and messages.
 
     Example:
