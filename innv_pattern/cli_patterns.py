@@ -87,7 +87,7 @@ def partial_path(out: str) -> str:
 
 
 def save_partial(computer: Any, partial: str, resumed: int, skipped: int,
-                  checkpointed: bool) -> NoReturn:
+                 checkpointed: bool) -> NoReturn:
     """Saves the statistics of an interrupted fit and says how to continue it."""
     seen = computer.samples_seen - resumed
     if computer.samples_seen == 0:

@@ -234,7 +234,8 @@ def _projections(flat: tf.Tensor, extras: tf.Tensor, v: tf.Tensor, av: tf.Tensor
 
 def _pattern_matrix(patterns: Any, concrete: str, layer: EvaluatedLayer) -> np.ndarray:
     """The ``(D, neurons)`` patterns of ``concrete`` for ``layer``."""
-    by_layer = patterns.for_type(concrete) if hasattr(patterns, "for_type") else patterns.get(concrete)
+    by_layer = (patterns.for_type(concrete) if hasattr(patterns, "for_type")
+                else patterns.get(concrete))
     key = layer.op.pattern_key if by_layer and layer.op.pattern_key in by_layer else layer.op.name
     if by_layer is None or key not in by_layer:
         held = sorted(patterns.types if hasattr(patterns, "types") else patterns or ())

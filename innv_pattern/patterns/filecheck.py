@@ -82,9 +82,12 @@ def _check_metadata(meta: Any, path: str) -> None:
         keys = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
         raise PatternFileError(f"'{path}' has metadata keys {keys}; expected "
                                f"{sorted(_META_TYPES)}.")
-    for key, expected_type in _META_TYPES.items():
-        if not isinstance(meta[key], expected_type) or (expected_type is int and isinstance(meta[key], bool)):
-            raise PatternFileError(f"'{path}' metadata '{key}' is {meta[key]!r}; expected {expected_type}.")
+    for key, kind_of_value in _META_TYPES.items():
+        value = meta[key]
+        if not isinstance(value, kind_of_value) or (kind_of_value is int
+                                                    and isinstance(value, bool)):
+            raise PatternFileError(f"'{path}' metadata '{key}' is {value!r}; expected "
+                                   f"{kind_of_value}.")
     try:
         expected_types = expand_pattern_type(meta["pattern_type"])
     except (ValueError, TypeError) as err:

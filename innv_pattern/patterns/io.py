@@ -180,7 +180,8 @@ class Patterns(Mapping[str, np.ndarray]):
         datasets = {}
         for concrete in self.types:
             for i, name in enumerate(self.fingerprint.names):
-                datasets[f"patterns/{concrete}/{i}"] = np.asarray(self._by_type[concrete][name], "<f4")
+                datasets[f"patterns/{concrete}/{i}"] = np.asarray(
+                    self._by_type[concrete][name], "<f4")
         if statistics:
             for i, name in enumerate(self.fingerprint.names):
                 for field, value in self.statistics[name].sums.items():
