@@ -159,8 +159,14 @@ def test_notebook_runs_and_its_stored_outputs_are_current(path, executed):
                          "with 'python tests/test_notebooks.py':\n" + "\n".join(stale))
 
 
-def _store_fresh_outputs() -> None:
-    """Executes every notebook as the test does and stores it with its outputs."""
+def _store_fresh_outputs(names: list[str]) -> None:
+    """Executes the notebooks as the test does and stores them with their outputs.
+
+    ``names``: stems such as ``04_large_datasets``; none given: every notebook.
+    """
+    chosen = [p for p in NOTEBOOKS if not names or p.stem in names]
+    if len(chosen) < len(set(names)):
+        raise SystemExit(f"Unknown notebook in {names}; known: {[p.stem for p in NOTEBOOKS]}")
     root = Path(tempfile.mkdtemp())
     spec = root / "kernels" / KERNEL
     spec.mkdir(parents=True)
@@ -168,13 +174,13 @@ def _store_fresh_outputs() -> None:
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "innv_pattern tests", "language": "python"}))
     os.environ.update(JUPYTER_PATH=str(root), INNV_PATTERN_QUICK="1", TF_CPP_MIN_LOG_LEVEL="3")
-    with ThreadPoolExecutor(max_workers=len(NOTEBOOKS)) as pool:
+    with ThreadPoolExecutor(max_workers=len(chosen)) as pool:
         runs = {path: pool.submit(_execute, path, KERNEL, Path(tempfile.mkdtemp()))
-                for path in NOTEBOOKS}
+                for path in chosen}
         for path, run in runs.items():
             nbformat.write(run.result(), path)
             print(f"stored {path.name}")
 
 
 if __name__ == "__main__":
-    _store_fresh_outputs()
+    _store_fresh_outputs(sys.argv[1:])

@@ -263,6 +263,36 @@ def test_degenerate_neurons_are_counted_and_never_nan(capsys):
     assert "'dense': 1 relu.positive, 1 relu.negative" in out and "samples/s" in out
 
 
+def test_a_regime_of_one_sample_is_degenerate_not_rounding_noise():
+    """A covariance of one sample is exactly zero; the float32 sums leave rounding noise
+    in it, which dividing by its own projection turned into a pattern of any size
+    (seen up to 25 on a trained CNN, and different on every regrouping of the
+    batches).  Eq. 7's regime numerator E+[x] (y - E[y]) is defined from one sample."""
+    keras.utils.set_random_seed(5)
+    layer = keras.layers.Dense(4, activation="relu", name="dense")
+    model = keras.Sequential([keras.Input((6,)), layer])
+    x = data((6,), 256) + 3.0  # an offset, so the shift matters
+    w, b = (v.numpy() for v in (layer.kernel, layer.bias))
+    y = np.sort(x.astype(np.float64) @ w, axis=0)
+    b[0] = -(y[-1, 0] + y[-2, 0]) / 2   # one sample in neuron 0's positive regime
+    b[1] = -(y[0, 1] + y[1, 1]) / 2     # one sample in neuron 1's negative regime
+    b[2] = -(y[1, 2] + y[2, 2]) / 2     # two samples in neuron 2's negative regime
+    layer.bias.assign(b)
+    patterns = PatternComputer(model, pattern_type=("relu", "relu_eq7")).compute(
+        x, batch_size=64, verbose=0)
+    assert patterns.degenerate["dense"] == {"relu.positive": 1, "relu.negative": 1,
+                                            "relu_eq7.positive": 0, "relu_eq7.negative": 0}
+    assert not patterns.for_type("relu.positive")["dense"][:, 0].any()
+    assert not patterns.for_type("relu.negative")["dense"][:, 1].any()
+    expected = reference_patterns(model, layer, x)
+    for kind in ("relu.positive", "relu.negative", "relu_eq7.positive", "relu_eq7.negative"):
+        found = patterns.for_type(kind)["dense"]
+        ok = np.isfinite(expected[kind]).all(axis=0)  # NaN: the one-sample covariances
+        assert ok.sum() == (4 if kind.startswith("relu_eq7") else 3), kind
+        err = relative_error(found[:, ok], expected[kind][:, ok])
+        assert err < 1e-3, f"{kind}: relative error {err:.2e}"
+
+
 def test_patterns_are_normalized_by_the_folded_kernel():
     """w^T a = 1 for every non-degenerate neuron, BatchNorm folded into w."""
     keras.utils.set_random_seed(5)

@@ -228,12 +228,15 @@ class PatternComputer:
         return patterns
 
     def few_sample_neurons(self, fewer_than: int = 0) -> dict[str, int]:
-        """Per layer, the neurons of a gated layer with 0 < n_r < ``fewer_than`` in a regime.
+        """Per layer, the neurons of a gated layer with few samples (``n_r < fewer_than``)
+        in a regime, but enough for a pattern.
 
-        ``fewer_than`` defaults to :data:`FEW_SAMPLES`.  Neurons with no sample
-        in a regime are degenerate instead (counted with the patterns).
+        ``fewer_than`` defaults to :data:`FEW_SAMPLES`.  Neurons with fewer
+        samples than the estimator needs (:attr:`Estimator.min_samples`) are
+        degenerate instead (counted with the patterns).
         """
         limit = fewer_than or FEW_SAMPLES
+        least = min(parse_pattern(t)[0].min_samples for t in self.types)
         found = {}
         for key, op in self._keys.items():
             stats = self._state.get(key)
@@ -242,7 +245,8 @@ class PatternComputer:
                 continue
             pos = np.asarray(stats.sums["count_pos"])
             neg = stats.count - pos
-            found[key] = int(np.sum(((pos > 0) & (pos < limit)) | ((neg > 0) & (neg < limit))))
+            few = ((pos >= least) & (pos < limit)) | ((neg >= least) & (neg < limit))
+            found[key] = int(np.sum(few))
         return found
 
     def _load_checkpoint(self, checkpoint: str | os.PathLike, verbose: int) -> int:
@@ -486,5 +490,6 @@ def _degenerate_summary(patterns: Patterns) -> str:
              for name, counts in patterns.degenerate.items() if any(counts.values())]
     if not lines:
         return f"Patterns fitted on {patterns.samples_seen} samples; no degenerate neuron."
-    return (f"Patterns fitted on {patterns.samples_seen} samples. Degenerate neurons (never in "
-            "the regime, or zero denominator; their patterns are zero):\n" + "\n".join(lines))
+    return (f"Patterns fitted on {patterns.samples_seen} samples. Degenerate neurons (too few "
+            "samples in the regime, or a zero denominator; their patterns are zero):\n"
+            + "\n".join(lines))

@@ -27,10 +27,12 @@ every sample.  Only ``"relu"`` is invariant to a shift of the input's mean
 ``cov+[x, y] + E+[x] (E+[y] - E[y])``, and a shift moves ``E+[y] - E[y]``.
 On trained networks with BatchNormalization the difference is large
 (``benchmarks/trained_networks.py``), so ``"relu"`` is the default.  A neuron
-whose regime has no sample, or whose denominator vanishes (to within
-:data:`DEGENERATE_RTOL` of ``sum_f |w_f num_f|``: rounding noise), is
-*degenerate*: its pattern is all zeros (it contributes nothing to a
-PatternNet or PatternAttribution backward pass) and it is counted.
+whose regime has fewer samples than its numerator needs
+(:attr:`Estimator.min_samples`: a covariance of one sample is zero), or whose
+denominator vanishes (to within :data:`DEGENERATE_RTOL` of ``sum_f |w_f
+num_f|``: rounding noise), is *degenerate*: its pattern is all zeros (it
+contributes nothing to a PatternNet or PatternAttribution backward pass) and
+it is counted.
 
 Example:
     >>> import numpy as np
@@ -98,6 +100,13 @@ class Estimator:
     regimes: tuple[str, ...]
     within_regime_mean: bool
     summary: str
+
+    @property
+    def min_samples(self) -> int:
+        """Samples a regime needs for a pattern: a covariance of one sample is exactly
+        zero (what finalizing it would divide is rounding noise); Eq. 7's regime
+        numerator ``E_r[x] (y - E[y])`` is defined from one."""
+        return 1 if self.regimes and not self.within_regime_mean else 2
 
     @property
     def patterns(self) -> tuple[str, ...]:
@@ -381,7 +390,8 @@ class PatternStatistics:
                 self._numerator(ESTIMATORS["linear"].pattern(), work)  # all-sample numerator
                 numerator += work * (shrinkage / self.sums["count"])
                 count = count + shrinkage
-            degenerate[concrete] = _normalize(numerator, count, w, self.fan_in_axes, work)
+            degenerate[concrete] = _normalize(numerator, count >= parse_pattern(
+                concrete)[0].min_samples, w, self.fan_in_axes, work)
             patterns[concrete] = numerator.astype(dtype, copy=False)
             del numerator
         return patterns, degenerate
@@ -486,16 +496,17 @@ def _unshift(n: np.ndarray, sx: np.ndarray, sy: np.ndarray, sxy: np.ndarray | No
     return work
 
 
-def _normalize(numerator: np.ndarray, count: np.ndarray, w: np.ndarray,
+def _normalize(numerator: np.ndarray, sampled: np.ndarray, w: np.ndarray,
                fan_in_axes: tuple[int, ...], work: np.ndarray) -> int:
     """``numerator / w^T numerator`` per neuron, in place; zeros for degenerate neurons.
 
-    Returns the number of degenerate neurons; ``work`` is kernel-sized scratch.
+    ``sampled``: per neuron, whether its regime has enough samples.  Returns
+    the number of degenerate neurons; ``work`` is kernel-sized scratch.
     """
     np.multiply(w, numerator, out=work)
     denominator = np.sum(work, axis=fan_in_axes, keepdims=True)
     scale = np.sum(np.abs(work, out=work), axis=fan_in_axes, keepdims=True)
-    good = (count > 0) & (np.abs(denominator) > DEGENERATE_RTOL * scale) & np.isfinite(
+    good = sampled & (np.abs(denominator) > DEGENERATE_RTOL * scale) & np.isfinite(
         denominator)
     numerator /= np.where(good, denominator, 1.0)
     numerator *= good

@@ -70,8 +70,9 @@ class Patterns(Mapping[str, np.ndarray]):
         fingerprint: The model's :class:`Fingerprint`.
         samples_seen: Number of input samples the patterns were fitted on.
         degenerate: ``{op name: {type: count}}`` of neurons whose pattern is
-            zero because they were never in the regime or had a zero
-            denominator.
+            zero because their regime had too few samples
+            (:attr:`~innv_pattern.patterns.estimators.Estimator.min_samples`)
+            or they had a zero denominator.
         statistics: ``{op name: PatternStatistics}`` to resume or merge, or
             ``None``.
         library_version: The innv_pattern version that fitted them.
