@@ -19,12 +19,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from innv_pattern.evaluate._common import figure_axes
-from innv_pattern.style import ESTIMATOR_LABELS, RANDOM_COLOR, colors_for
+from innv_pattern.style import ESTIMATOR_LABELS, LEGEND_OUTSIDE, RANDOM_COLOR, colors_for
 
 __all__ = ["plot_perturbation_curves", "plot_signal_quality"]
-
-_LEGEND = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "borderaxespad": 0.0,
-           "frameon": False}
 
 
 def plot_signal_quality(rho: Mapping[str, Mapping[str, Any]], ax: Any = None,
@@ -57,7 +54,7 @@ def plot_signal_quality(rho: Mapping[str, Mapping[str, Any]], ax: Any = None,
     ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.05 * top)
     ax.axhline(0.0, color="black", linewidth=0.5)
     ax.axhline(1.0, color="grey", linewidth=0.5, linestyle=":")
-    ax.legend(title="estimator", fontsize="large", **_LEGEND)
+    ax.legend(title="estimator", fontsize="large", **LEGEND_OUTSIDE)
     if title:
         ax.set_title(title)
     return fig
@@ -86,7 +83,7 @@ def plot_perturbation_curves(results: Mapping[str, Mapping[str, Any]], ax: Any =
                 linewidth=1.8, **style)
     ax.set_xlabel("perturbation steps (patches replaced by their mean)")
     ax.set_ylabel("probability of the selected class")
-    ax.legend(title="method (AOPC)", fontsize="small", **_LEGEND)
+    ax.legend(title="method (AOPC)", fontsize="small", **LEGEND_OUTSIDE)
     if title:
         ax.set_title(title)
     return fig
