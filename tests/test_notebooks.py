@@ -97,12 +97,6 @@ def same_text(stored: str, fresh: str, rtol: float = 0.05, atol: float = 1e-3) -
                for a, b in zip(NUMBER.findall(stored), NUMBER.findall(fresh)))
 
 
-#: Notebook 04 augments its data on the fly with unseeded random shifts and noise (in a
-#: parallel tf.data map): counts such as "neurons with fewer than 30 samples" vary by a few.
-#: Only its words, figures and orders of magnitude are checked.
-RTOL = {"04_large_datasets": 1.0}
-
-
 def _kinds(outputs) -> list[list]:
     """Each output's type and whether it is a figure; consecutive prints count once (how
     the kernel splits printed text into messages depends on timing)."""
@@ -154,7 +148,7 @@ def test_notebook_runs_and_its_stored_outputs_are_current(path, executed):
     fresh = executed[path.stem].result()
     errors = [o for c in fresh.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert errors == [], f"{path.name}: " + "\n".join(e.ename + ": " + e.evalue for e in errors)
-    stale = stale_outputs(nbformat.read(path, as_version=4), fresh, RTOL.get(path.stem, 0.05))
+    stale = stale_outputs(nbformat.read(path, as_version=4), fresh)
     assert stale == [], (f"{path.name} stores outputs the code no longer gives; store fresh ones "
                          "with 'python tests/test_notebooks.py':\n" + "\n".join(stale))
 
