@@ -277,9 +277,15 @@ def test_a_regime_of_one_sample_is_degenerate_not_rounding_noise():
     b[0] = -(y[-1, 0] + y[-2, 0]) / 2   # one sample in neuron 0's positive regime
     b[1] = -(y[0, 1] + y[1, 1]) / 2     # one sample in neuron 1's negative regime
     b[2] = -(y[1, 2] + y[2, 2]) / 2     # two samples in neuron 2's negative regime
+    b[3] = -np.median(y[:, 3])          # neuron 3: half the samples in each regime
     layer.bias.assign(b)
-    patterns = PatternComputer(model, pattern_type=("relu", "relu_eq7")).compute(
-        x, batch_size=64, verbose=0)
+    both = PatternComputer(model, pattern_type=("relu", "relu_eq7"))
+    patterns = both.compute(x, batch_size=64, verbose=0)
+    relu_only = PatternComputer(model)
+    relu_only.compute(x, batch_size=64, verbose=0)
+    # Reported as noisy: neurons 0-2 where Eq. 7 gives them patterns; with relu, neuron 2 only.
+    assert both.few_sample_neurons() == {"dense": 3}
+    assert relu_only.few_sample_neurons() == {"dense": 1}
     assert patterns.degenerate["dense"] == {"relu.positive": 1, "relu.negative": 1,
                                             "relu_eq7.positive": 0, "relu_eq7.negative": 0}
     assert not patterns.for_type("relu.positive")["dense"][:, 0].any()
