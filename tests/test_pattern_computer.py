@@ -296,7 +296,8 @@ def test_a_regime_of_one_sample_is_degenerate_not_rounding_noise():
         ok = np.isfinite(expected[kind]).all(axis=0)  # NaN: the one-sample covariances
         assert ok.sum() == (4 if kind.startswith("relu_eq7") else 3), kind
         err = relative_error(found[:, ok], expected[kind][:, ok])
-        assert err < 1e-3, f"{kind}: relative error {err:.2e}"
+        # 1e-4: neuron 2's two-sample regime amplifies float32 rounding (1.3e-5 measured).
+        assert err < 1e-4, f"{kind}: relative error {err:.2e}"
 
 
 def test_patterns_are_normalized_by_the_folded_kernel():
