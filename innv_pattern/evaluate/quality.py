@@ -38,11 +38,13 @@ output than the population optimum would, so rho is biased *upwards* there;
 ``return_info=True`` reports the samples per layer.
 
 **Which target** (``target=``).  With ``t = w^T x`` (``"linear"``), ``S_a``
-and ``S_a+-`` both leave ``cov[d, t] = 0`` exactly on the data they were
-fitted on (each regime of ``S_a+-`` cancels its share, Eq. 7), so on held-out
+and Eq. 7's ``S_a+-`` (``relu_eq7``) both leave ``cov[d, t] = 0`` exactly on
+the data they were fitted on (each regime cancels its share), so on held-out
 data rho is 1 up to estimation noise, and ``S_a+-``, with two patterns from
-the same data, can only lose: held-out data alone cannot give the paper's
-picture (``S_a`` well below 1 in the dense layers, ``S_a+-`` above it).  With
+the same data, can only lose (the default ``relu`` cancels each regime's
+*within-regime* covariance only and keeps the between-regime part
+``E_r[x] - a_r E_r[y]`` times ``E_r[y] - E[y]``, so it scores lower still):
+held-out data alone cannot give the paper's picture (``S_a`` well below 1 in the dense layers, ``S_a+-`` above it).  With
 the neuron's rectified output ``t = relu(w^T x + b)`` (``"rectified"``, the
 default; what a Lasagne layer outputs, and what the paper's remark that
 otherwise "information about whether a neuron fired would be retained in
