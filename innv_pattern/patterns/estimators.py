@@ -384,14 +384,15 @@ class PatternStatistics:
         patterns, degenerate = {}, {}
         work = np.empty(self.kernel_shape)
         for concrete in types:
+            estimator, regime = parse_pattern(concrete)
             numerator = np.empty(self.kernel_shape)
             count = self._numerator(concrete, numerator)
-            if shrinkage and parse_pattern(concrete)[1] and self.sums["count"] > 0:
+            if shrinkage and regime and self.sums["count"] > 0:
                 self._numerator(ESTIMATORS["linear"].pattern(), work)  # all-sample numerator
                 numerator += work * (shrinkage / self.sums["count"])
                 count = count + shrinkage
-            degenerate[concrete] = _normalize(numerator, count >= parse_pattern(
-                concrete)[0].min_samples, w, self.fan_in_axes, work)
+            degenerate[concrete] = _normalize(numerator, count >= estimator.min_samples, w,
+                                              self.fan_in_axes, work)
             patterns[concrete] = numerator.astype(dtype, copy=False)
             del numerator
         return patterns, degenerate
